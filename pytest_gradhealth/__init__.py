@@ -1,0 +1,52 @@
+"""pytest-gradhealth: measure and assert gradient flow through time in recurrent models.
+
+The names below load lazily: pytest imports the plugin in every run, and the plugin must not pull in torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from pytest_gradhealth.errors import (
+    DisconnectedGradientError,
+    GradHealthError,
+    GradientHealthError,
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    ModelForwardError,
+    ModelInterfaceError,
+    ReportFormatError,
+)
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "probe": "pytest_gradhealth.probing",
+    "GradientProfile": "pytest_gradhealth.profile",
+}
+
+if TYPE_CHECKING:
+    from pytest_gradhealth.probing import probe
+    from pytest_gradhealth.profile import GradientProfile
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'pytest_gradhealth' has no attribute {name!r}")
+
+
+__all__ = [
+    "DisconnectedGradientError",
+    "GradHealthError",
+    "GradientHealthError",
+    "GradientProfile",
+    "InvalidArgumentError",
+    "InvalidArgumentTypeError",
+    "ModelForwardError",
+    "ModelInterfaceError",
+    "ReportFormatError",
+    "__version__",
+    "probe",
+]

@@ -1,0 +1,524 @@
+"""`probe`: one BPTT pass that measures how much gradient of a loss on the last output reaches each timestep."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import platform
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pytest_gradhealth.errors import (
+    DisconnectedGradientError,
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    ModelForwardError,
+    ModelInterfaceError,
+)
+from pytest_gradhealth.profile import GradientProfile
+from pytest_gradhealth.recording import emit
+
+MEASURES = ("input",)
+MODES = ("eval", "train")
+DEFAULT_BATCH_SIZE = 8
+DEFAULT_SEED = 0
+
+InputFn = Callable[[int, int, torch.Generator], torch.Tensor]
+LossFn = Callable[[Any], torch.Tensor]
+
+
+@dataclass
+class ProbeOptions:
+    """The probe's options, validated and normalised (see `probe` for their meaning)."""
+
+    seq_len: int
+    input_size: int | None = None
+    batch_size: int | None = None
+    seed: int = DEFAULT_SEED
+    inputs: torch.Tensor | None = None
+    input_fn: InputFn | None = None
+    vocab_size: int | None = None
+    batch_first: bool = True
+    loss_fn: LossFn | None = None
+    dtype: torch.dtype | None = None
+    device: torch.device | None = None
+    mode: str = "eval"
+    measure: str = "input"
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_int("seq_len", self.seq_len, minimum=2, fix="the probe needs at least two timesteps to compare")
+        if self.input_size is not None:
+            _check_int("input_size", self.input_size, minimum=1)
+        if self.batch_size is not None:
+            _check_int("batch_size", self.batch_size, minimum=1)
+        _check_int("seed", self.seed, minimum=None)
+        if self.vocab_size is not None:
+            _check_int("vocab_size", self.vocab_size, minimum=1)
+        if not isinstance(self.batch_first, bool):
+            raise InvalidArgumentTypeError(f"batch_first must be True or False, got {self.batch_first!r}")
+        for label, fn in (("input_fn", self.input_fn), ("loss_fn", self.loss_fn)):
+            if fn is not None and not callable(fn):
+                raise InvalidArgumentTypeError(f"{label} must be callable, got {type(fn).__name__}")
+        if self.inputs is not None and self.input_fn is not None:
+            raise InvalidArgumentError("pass either inputs= or input_fn=, not both")
+        if self.inputs is not None:
+            self._check_inputs(self.inputs)
+        self.dtype = _as_dtype(self.dtype)
+        self.device = _as_device(self.device)
+        if self.mode not in MODES:
+            raise InvalidArgumentError(f"mode must be one of {', '.join(map(repr, MODES))}, got {self.mode!r}")
+        if self.measure not in MEASURES:
+            raise InvalidArgumentError(f"measure must be one of {', '.join(map(repr, MEASURES))}, got {self.measure!r}")
+        if self.name is not None and not isinstance(self.name, str):
+            raise InvalidArgumentTypeError(f"name must be a string, got {type(self.name).__name__}")
+
+    def _check_inputs(self, inputs: Any) -> None:
+        if not isinstance(inputs, torch.Tensor):
+            raise InvalidArgumentTypeError(f"inputs must be a torch.Tensor, got {type(inputs).__name__}")
+        if inputs.dim() < 2:
+            raise InvalidArgumentError(
+                f"inputs must have a batch and a time axis, {self.layout_name} (features optional), "
+                f"got shape {tuple(inputs.shape)}"
+            )
+        time_len = inputs.shape[self.time_axis]
+        if time_len != self.seq_len:
+            raise InvalidArgumentError(
+                f"inputs has {time_len} timesteps on axis {self.time_axis} ({self.layout_name}) but seq_len is "
+                f"{self.seq_len}; pass seq_len={time_len} or set batch_first to match the layout"
+            )
+        batch = inputs.shape[1 - self.time_axis]
+        if self.batch_size is not None and batch != self.batch_size:
+            raise InvalidArgumentError(
+                f"inputs has batch size {batch} but batch_size={self.batch_size} was asked; leave batch_size out "
+                "to use the inputs' own"
+            )
+
+    @property
+    def time_axis(self) -> int:
+        return 1 if self.batch_first else 0
+
+    @property
+    def layout_name(self) -> str:
+        return "(batch, seq, ...)" if self.batch_first else "(seq, batch, ...)"
+
+    def shape(self, batch: int, *features: int) -> tuple[int, ...]:
+        """The input shape for this layout."""
+        lead = (batch, self.seq_len) if self.batch_first else (self.seq_len, batch)
+        return (*lead, *features)
+
+
+def probe(
+    model: nn.Module | Callable[..., Any],
+    seq_len: int,
+    *,
+    input_size: int | None = None,
+    batch_size: int | None = None,
+    seed: int = DEFAULT_SEED,
+    inputs: torch.Tensor | None = None,
+    input_fn: InputFn | None = None,
+    vocab_size: int | None = None,
+    batch_first: bool = True,
+    loss_fn: LossFn | None = None,
+    dtype: torch.dtype | str | None = None,
+    device: torch.device | str | None = None,
+    mode: str = "eval",
+    measure: str = "input",
+    name: str | None = None,
+) -> GradientProfile:
+    """Run one BPTT pass and measure the gradient norm that a loss on the last output sends to each timestep.
+
+    Inputs are N(0, 1) of shape (batch, seq_len, input_size) drawn from a private generator seeded by `seed`
+    (`inputs=` or `input_fn(batch_size, seq_len, generator)` replace them; `vocab_size=` draws integer tokens and
+    measures at the model's `nn.Embedding` output). The default loss is sum over the batch of <v, y_T> with v a
+    fixed random unit vector; `loss_fn(output)` replaces it. The model, its gradients and the global random state
+    are left exactly as they were. `dtype`/`device` other than the model's probe a copy of it.
+    """
+    options = ProbeOptions(
+        seq_len=seq_len,
+        input_size=input_size,
+        batch_size=batch_size,
+        seed=seed,
+        inputs=inputs,
+        input_fn=input_fn,
+        vocab_size=vocab_size,
+        batch_first=batch_first,
+        loss_fn=loss_fn,
+        dtype=dtype,  # type: ignore[arg-type]
+        device=device,  # type: ignore[arg-type]
+        mode=mode,
+        measure=measure,
+        name=name,
+    )
+    try:
+        profile = measure_profile(model, options)
+    except DisconnectedGradientError as exc:
+        if exc.profile is not None:
+            emit(exc.profile, {"verdict": "disconnected", "message": str(exc)})
+        raise
+    emit(profile)
+    return profile
+
+
+def measure_profile(model: nn.Module | Callable[..., Any], options: ProbeOptions) -> GradientProfile:
+    """`probe` without the recording: validated options in, profile out."""
+    if not callable(model):
+        raise InvalidArgumentTypeError(
+            f"model must be a torch.nn.Module or a callable taking the input tensor, got {type(model).__name__}"
+        )
+    model_dtype, model_device = _model_dtype_device(model)
+    dtype = options.dtype or model_dtype
+    device = options.device or model_device
+    first = _first_input_module(model)
+    vocab_size = options.vocab_size
+    if vocab_size is None and isinstance(first, nn.Embedding):
+        vocab_size = first.num_embeddings
+    input_size = None
+    if vocab_size is None and options.inputs is None and options.input_fn is None:
+        input_size = options.input_size or _infer_input_size(model)
+
+    with _probe_context(model, options.mode, device, options.seed) as guarded:
+        run_model = _prepared_model(guarded, dtype, device, model_dtype, model_device)
+        generator = torch.Generator(device="cpu").manual_seed(options.seed)
+        x = _make_inputs(options, generator, vocab_size, input_size, dtype, device)
+        batch = x.shape[1 - options.time_axis]
+        tokens = not x.is_floating_point()
+        embedding = _find_embedding(run_model) if tokens and isinstance(run_model, nn.Module) else None
+        if tokens and embedding is None:
+            raise ModelInterfaceError(
+                f"token inputs ({x.dtype}) need an nn.Embedding in the model, where the probe measures the "
+                f"gradient, but {_model_name(model)} has none; give float inputs instead"
+            )
+        with contextlib.ExitStack() as stack:
+            if tokens:
+                captured = _capture_embedding_outputs(embedding, stack)  # type: ignore[arg-type]
+            else:
+                x.requires_grad_(True)
+            output = _forward(run_model, x, options)
+            loss = _loss(output, options, generator, batch)
+            if tokens:
+                measured = _embedding_steps(captured, options, batch)
+            else:
+                measured = [x]
+            grads = _gradients(loss, measured, model)
+        norms, sample_norms = _step_norms(grads, options)
+
+    profile = GradientProfile(
+        norms=norms,
+        sample_norms=sample_norms,
+        seq_len=options.seq_len,
+        name=options.name or _model_name(model),
+        model=_model_name(model),
+        batch_size=batch,
+        seed=options.seed,
+        dtype=str(dtype).replace("torch.", ""),
+        device=str(device),
+        measure=options.measure,
+        mode=options.mode,
+        inputs="tokens" if tokens else "float",
+        versions=_versions(),
+    )
+    _check_connected(profile, model)
+    return profile
+
+
+# -- validation helpers ------------------------------------------------------------------------------
+
+
+def _check_int(label: str, value: Any, minimum: int | None, fix: str = "") -> None:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+        raise InvalidArgumentTypeError(f"{label} must be an int, got {type(value).__name__} {value!r}")
+    if minimum is not None and value < minimum:
+        raise InvalidArgumentError(f"{label} must be >= {minimum}, got {value}" + (f" ({fix})" if fix else ""))
+
+
+def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    if dtype is None:
+        return None
+    if isinstance(dtype, str):
+        resolved = getattr(torch, dtype.removeprefix("torch."), None)
+        if not isinstance(resolved, torch.dtype):
+            raise InvalidArgumentError(f"dtype must name a torch floating dtype such as 'float64', got {dtype!r}")
+        dtype = resolved
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise InvalidArgumentError(f"dtype must be a floating torch.dtype such as torch.float64, got {dtype!r}")
+    return dtype
+
+
+def _as_device(device: torch.device | str | None) -> torch.device | None:
+    if device is None:
+        return None
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InvalidArgumentError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidArgumentError(
+            f"device={device!r} was asked but CUDA is not available to this torch "
+            f"({torch.__version__}); probe on device='cpu' or run where a GPU is visible"
+        )
+    return resolved
+
+
+# -- the model ---------------------------------------------------------------------------------------
+
+
+def _model_name(model: Any) -> str:
+    return type(model).__name__ if isinstance(model, nn.Module) else getattr(model, "__name__", type(model).__name__)
+
+
+def _model_dtype_device(model: Any) -> tuple[torch.dtype, torch.device]:
+    if isinstance(model, nn.Module):
+        for tensor in (*model.parameters(), *model.buffers()):
+            if tensor.is_floating_point():
+                return tensor.dtype, tensor.device
+    return torch.get_default_dtype(), torch.device("cpu")
+
+
+def _find_embedding(model: nn.Module) -> nn.Embedding | None:
+    return next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
+
+
+_INPUT_MODULES = (nn.RNNBase, nn.RNNCellBase, nn.Linear, nn.Embedding)
+
+
+def _first_input_module(model: Any) -> nn.Module | None:
+    if not isinstance(model, nn.Module):
+        return None
+    return next((m for m in model.modules() if isinstance(m, _INPUT_MODULES)), None)
+
+
+def _infer_input_size(model: Any) -> int:
+    first = _first_input_module(model)
+    if isinstance(first, (nn.RNNBase, nn.RNNCellBase)):
+        return int(first.input_size)
+    if isinstance(first, nn.Linear):
+        return int(first.in_features)
+    raise InvalidArgumentError(
+        f"cannot infer input_size for {_model_name(model)}: it has no nn.RNN/LSTM/GRU, cell or nn.Linear to read "
+        "it from; pass input_size=, inputs= or input_fn="
+    )
+
+
+@contextlib.contextmanager
+def _probe_context(model: Any, mode: str, device: torch.device, seed: int) -> Iterator[Any]:
+    """Put the model in the probe's mode and the global RNG on `seed`; restore both, and every buffer, after."""
+    if device.type == "cuda":
+        torch.cuda.init()
+    cuda_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    modules = list(model.modules()) if isinstance(model, nn.Module) else []
+    flags = [m.training for m in modules]
+    buffers = [(b, b.detach().clone()) for m in modules for b in m.buffers(recurse=False)]
+    cudnn_off = device.type == "cuda" and mode == "eval"  # cuDNN's RNN backward refuses to run in eval mode
+    try:
+        with torch.random.fork_rng(devices=cuda_devices), torch.backends.cudnn.flags(enabled=not cudnn_off):
+            torch.manual_seed(seed)  # dropout in train mode draws from the global generator
+            for m in modules:
+                m.training = mode == "train"
+            yield model
+    finally:
+        for m, flag in zip(modules, flags, strict=False):
+            m.training = flag
+        with torch.no_grad():
+            for buffer, saved in buffers:
+                if buffer.shape == saved.shape and not torch.equal(buffer, saved):
+                    buffer.copy_(saved)
+
+
+def _prepared_model(
+    model: Any, dtype: torch.dtype, device: torch.device, model_dtype: torch.dtype, model_device: torch.device
+) -> Any:
+    """The model itself, or a converted copy when another dtype or device was asked (the model is never moved)."""
+    if not isinstance(model, nn.Module) or (dtype == model_dtype and _same_device(device, model_device)):
+        return model
+    return copy.deepcopy(model).to(dtype=dtype, device=device)
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    if a.type != b.type:
+        return False
+    if a.type == "cuda":
+        current = torch.cuda.current_device()
+        return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
+    return True
+
+
+# -- inputs, forward, loss ---------------------------------------------------------------------------
+
+
+def _make_inputs(
+    options: ProbeOptions,
+    generator: torch.Generator,
+    vocab_size: int | None,
+    input_size: int | None,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> torch.Tensor:
+    batch = options.batch_size or DEFAULT_BATCH_SIZE
+    if options.inputs is not None:
+        x = options.inputs.detach().clone()
+    elif options.input_fn is not None:
+        x = options.input_fn(batch, options.seq_len, generator)
+        if not isinstance(x, torch.Tensor):
+            raise InvalidArgumentTypeError(f"input_fn must return a torch.Tensor, got {type(x).__name__}")
+        options._check_inputs(x)
+        x = x.detach().clone()
+    elif vocab_size is not None:
+        x = torch.randint(0, vocab_size, options.shape(batch), generator=generator)
+    else:
+        assert input_size is not None
+        x = torch.randn(options.shape(batch, input_size), generator=generator, dtype=torch.float64)
+    if x.is_floating_point():
+        return x.to(device=device, dtype=dtype)
+    return x.to(device=device)
+
+
+_SHAPE_WORDS = re.compile(r"size|shape|dimension|dim\b|mat1|expected .*input|index out of range", re.IGNORECASE)
+
+
+def _forward(model: Any, x: torch.Tensor, options: ProbeOptions) -> Any:
+    try:
+        return model(x)
+    except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+        given = f"{'token' if not x.is_floating_point() else 'float'} input of shape {tuple(x.shape)}, {x.dtype}"
+        if _SHAPE_WORDS.search(str(exc)):
+            raise ModelInterfaceError(
+                f"{_model_name(model)} rejected the probe's {given} ({options.layout_name}): {exc}. "
+                "Pass input_size=, batch_first=, vocab_size= or inputs= to match what the model expects"
+            ) from exc
+        raise ModelForwardError(f"{_model_name(model)} raised inside forward on the probe's {given}: {exc}") from exc
+    except Exception as exc:
+        raise ModelForwardError(
+            f"{_model_name(model)} raised {type(exc).__name__} inside forward on the probe's input of shape "
+            f"{tuple(x.shape)}: {exc}"
+        ) from exc
+
+
+def _first_tensor(output: Any) -> Any:
+    while isinstance(output, (tuple, list)) and output:
+        output = output[0]
+    return output
+
+
+def _loss(output: Any, options: ProbeOptions, generator: torch.Generator, batch: int) -> torch.Tensor:
+    if options.loss_fn is not None:
+        loss = options.loss_fn(output)
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.is_floating_point():
+            shown = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
+            raise InvalidArgumentError(f"loss_fn must return a floating scalar tensor, got {shown}")
+        return loss.reshape(())
+    y = _first_tensor(output)
+    if not isinstance(y, torch.Tensor):
+        raise ModelInterfaceError(
+            f"the model returned {type(y).__name__}; the probe expects a tensor (batch, seq, features) or "
+            "(batch, features), or a tuple whose first element is one; pass loss_fn= for other outputs"
+        )
+    if not y.is_floating_point():
+        raise ModelInterfaceError(
+            f"the model's output is a {y.dtype} tensor, which carries no gradient; return the floating output "
+            "(logits, hidden states) or pass loss_fn="
+        )
+    if y.dim() < 2:
+        raise ModelInterfaceError(
+            f"the model's output has shape {tuple(y.shape)}: no time step to take. Expected {options.layout_name} "
+            "or (batch, features); pass loss_fn= to define the loss yourself"
+        )
+    if y.dim() >= 3:
+        y = y[:, -1] if options.batch_first else y[-1]
+    y = y.reshape(y.shape[0], -1)
+    if y.shape[0] != batch:
+        raise ModelInterfaceError(
+            f"the model's output has {y.shape[0]} rows at its last step but the batch has {batch}: the output's "
+            f"layout does not match the input's {options.layout_name}; check batch_first"
+        )
+    v = torch.randn(y.shape[1], generator=generator, dtype=torch.float64)
+    v = (v / v.norm()).to(dtype=y.dtype, device=y.device)
+    return (y * v).sum()
+
+
+# -- gradients ---------------------------------------------------------------------------------------
+
+
+def _capture_embedding_outputs(embedding: nn.Embedding, stack: contextlib.ExitStack) -> list[torch.Tensor]:
+    """Make every output of `embedding` a leaf that requires grad, so the gradient can be read there."""
+    captured: list[torch.Tensor] = []
+
+    def hook(_module: nn.Module, _args: Any, output: torch.Tensor) -> torch.Tensor:
+        leaf = output.detach().requires_grad_(True)
+        captured.append(leaf)
+        return leaf
+
+    stack.callback(embedding.register_forward_hook(hook).remove)
+    return captured
+
+
+def _embedding_steps(captured: list[torch.Tensor], options: ProbeOptions, batch: int) -> list[torch.Tensor]:
+    """The embedding outputs in time order: one call on the whole sequence, or one call per timestep."""
+    if len(captured) == 1 and captured[0].dim() >= 3 and captured[0].shape[options.time_axis] == options.seq_len:
+        return captured
+    if len(captured) == options.seq_len and all(c.shape[0] == batch for c in captured):
+        return captured
+    shapes = [tuple(c.shape) for c in captured]
+    raise ModelInterfaceError(
+        f"the model's nn.Embedding was called {len(captured)} time(s) with output shapes {shapes[:4]}; the probe "
+        f"expects one call on the whole sequence {options.layout_name} or one call per timestep ({options.seq_len})"
+    )
+
+
+def _gradients(loss: torch.Tensor, measured: list[torch.Tensor], model: Any) -> list[torch.Tensor]:
+    if not loss.requires_grad:
+        raise DisconnectedGradientError(
+            f"the loss does not depend on the inputs at all: {_model_name(model)}'s output carries no gradient "
+            "(computed under torch.no_grad, detached, or not from the input). This is a disconnected graph, "
+            "not vanishing"
+        )
+    grads = torch.autograd.grad(loss, measured, allow_unused=True)
+    return [torch.zeros_like(m) if g is None else g for m, g in zip(measured, grads, strict=False)]
+
+
+def _step_norms(grads: list[torch.Tensor], options: ProbeOptions) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample and batch-RMS gradient norms per timestep, computed in float64."""
+    if len(grads) == 1:
+        g = grads[0].detach().to(torch.float64)
+        if not options.batch_first:
+            g = g.transpose(0, 1)
+        squares = g.reshape(g.shape[0], g.shape[1], -1).pow(2).sum(-1)  # (batch, seq)
+    else:
+        squares = torch.stack([g.detach().to(torch.float64).reshape(g.shape[0], -1).pow(2).sum(-1) for g in grads], 1)
+    squares = squares.cpu().numpy()
+    return np.sqrt(squares.mean(axis=0)), np.sqrt(squares)
+
+
+def _check_connected(profile: GradientProfile, model: Any) -> None:
+    norms = profile.norms
+    if np.all(norms == 0.0):
+        error = DisconnectedGradientError(
+            f"the gradient of the loss is exactly zero at every one of the {profile.seq_len} timesteps: "
+            f"{_model_name(model)}'s output at the last step does not depend on its input (a detached path, "
+            "dead ReLUs, a zeroed mask). This is a disconnected graph, not vanishing"
+        )
+        error.profile = profile
+        raise error
+    if norms[-1] == 0.0:
+        raise ModelInterfaceError(
+            f"the gradient at the last timestep is exactly zero while earlier steps have some: ratios relative to "
+            f"it would be meaningless. {_model_name(model)}'s last output does not depend on its last input (a delay "
+            "or a masked final step); pass loss_fn= to put the loss where the last input matters"
+        )
+
+
+def _versions() -> dict[str, str]:
+    from pytest_gradhealth import __version__
+
+    return {
+        "pytest_gradhealth": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }

@@ -1,0 +1,241 @@
+"""`GradientProfile`: the measured gradient-norm profile of one probe, as plain data with its metrics."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pytest_gradhealth.errors import InvalidArgumentError, ReportFormatError
+
+SCHEMA_VERSION = 1
+
+_FLOAT_ENCODING = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def encode_floats(values: np.ndarray) -> list:
+    """Floats as JSON-safe nested lists: non-finite values become the strings NaN, Infinity, -Infinity."""
+    if values.ndim == 0:
+        x = float(values)
+        if math.isfinite(x):
+            return x  # type: ignore[return-value]
+        return "NaN" if math.isnan(x) else ("Infinity" if x > 0 else "-Infinity")  # type: ignore[return-value]
+    return [encode_floats(v) for v in values]
+
+
+def decode_floats(values: Any, what: str) -> np.ndarray:
+    """The inverse of `encode_floats`, with an error naming `what` when the data is not numbers."""
+
+    def one(x: Any) -> Any:
+        if isinstance(x, list):
+            return [one(v) for v in x]
+        if isinstance(x, str) and x in _FLOAT_ENCODING:
+            return _FLOAT_ENCODING[x]
+        if isinstance(x, (int, float)) and not isinstance(x, bool):
+            return float(x)
+        raise ReportFormatError(f"{what}: expected numbers (or 'NaN'/'Infinity'/'-Infinity'), got {x!r}")
+
+    return np.asarray(one(values), dtype=np.float64)
+
+
+@dataclass(eq=False)
+class GradientProfile:
+    """How much gradient of a loss on the last output reaches each timestep.
+
+    `norms[i]` is sqrt(mean over the batch of ||dL/dx_t||^2) for t = `steps[i]`; `steps` is every timestep
+    0 (earliest) .. seq_len-1 (latest) unless only some were measured.
+    """
+
+    norms: np.ndarray
+    sample_norms: np.ndarray
+    seq_len: int
+    steps: np.ndarray | None = None
+    name: str = ""
+    model: str = ""
+    batch_size: int = 0
+    seed: int | None = None
+    dtype: str = ""
+    device: str = ""
+    measure: str = "input"
+    mode: str = "eval"
+    inputs: str = "float"
+    layer: int | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+    contributions: dict[str, np.ndarray] | None = None
+
+    def __post_init__(self) -> None:
+        self.norms = np.asarray(self.norms, dtype=np.float64)
+        self.sample_norms = np.asarray(self.sample_norms, dtype=np.float64)
+        if self.steps is None:
+            self.steps = np.arange(self.seq_len, dtype=np.int64)
+        self.steps = np.asarray(self.steps, dtype=np.int64)
+        if self.norms.ndim != 1 or self.norms.shape != self.steps.shape:
+            raise ReportFormatError(
+                f"norms must be 1-D and aligned with steps: norms has shape {self.norms.shape}, "
+                f"steps has shape {self.steps.shape}"
+            )
+        if self.sample_norms.ndim != 2 or self.sample_norms.shape[1] != len(self.norms):
+            raise ReportFormatError(
+                f"sample_norms must have shape (batch, {len(self.norms)}), got {self.sample_norms.shape}"
+            )
+
+    # -- metrics -------------------------------------------------------------------------------------
+
+    @property
+    def lags(self) -> np.ndarray:
+        """Steps between each measured timestep and the last one: seq_len - 1 - t."""
+        return self.seq_len - 1 - self.steps
+
+    @property
+    def nonfinite_steps(self) -> np.ndarray:
+        """Timesteps whose gradient norm is NaN or infinite."""
+        return self.steps[~np.isfinite(self.norms)]
+
+    @property
+    def underflow_steps(self) -> np.ndarray:
+        """Timesteps whose gradient norm is exactly zero: it underflowed, or no path reaches them."""
+        return self.steps[self.norms == 0.0]
+
+    @property
+    def finite(self) -> bool:
+        """True when every measured norm is a finite number."""
+        return bool(np.isfinite(self.norms).all())
+
+    @property
+    def ratio(self) -> float:
+        """norms[0] / norms[-1]: the share of the latest step's gradient that reaches the earliest step.
+
+        NaN when either end is not finite: a non-finite gradient is never shown as a ratio.
+        """
+        first, last = float(self.norms[0]), float(self.norms[-1])
+        if not (math.isfinite(first) and math.isfinite(last)) or last == 0.0:
+            return math.nan
+        return first / last
+
+    @property
+    def rate(self) -> float:
+        """Per-step factor: exp of the least-squares slope of ln(norm) against the lag, over the finite positive
+        norms. Exactly `a` for h_t = a*h_{t-1} + x_t; NaN with fewer than two usable points."""
+        ok = np.isfinite(self.norms) & (self.norms > 0)
+        if ok.sum() < 2:
+            return math.nan
+        lag = self.lags[ok].astype(np.float64)
+        y = np.log(self.norms[ok])
+        lag_c = lag - lag.mean()
+        slope = float((lag_c * (y - y.mean())).sum() / (lag_c * lag_c).sum())
+        return math.exp(slope)
+
+    @property
+    def half_life(self) -> float:
+        """Steps for the gradient to halve at `rate`: ln 2 / -ln(rate); infinite when rate >= 1."""
+        rate = self.rate
+        if math.isnan(rate):
+            return math.nan
+        if rate >= 1.0:
+            return math.inf
+        if rate == 0.0:
+            return 0.0
+        return math.log(2.0) / -math.log(rate)
+
+    def horizon(self, threshold: float = 0.01) -> int:
+        """How many steps back the gradient stays at or above threshold * norms[-1].
+
+        seq_len - 1 when it never falls below. A NaN norm counts as falling below.
+        """
+        if not (isinstance(threshold, (int, float)) and 0 < threshold and math.isfinite(threshold)):
+            raise InvalidArgumentError(f"threshold must be a positive finite number, got {threshold!r}")
+        bound = threshold * float(self.norms[-1])
+        lags = self.lags
+        for i in range(len(self.norms) - 1, -1, -1):
+            if not self.norms[i] >= bound:
+                return int(lags[i + 1]) if i + 1 < len(self.norms) else 0
+        return self.seq_len - 1
+
+    def first_step_below(self, bound_ratio: float) -> int | None:
+        """The latest timestep (nearest the loss) whose norm is below bound_ratio * norms[-1], or None."""
+        bound = bound_ratio * float(self.norms[-1])
+        for i in range(len(self.norms) - 1, -1, -1):
+            if not self.norms[i] >= bound:
+                return int(self.steps[i])
+        return None
+
+    # -- serialisation -------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able data (strict JSON: non-finite floats are strings); `from_dict` restores it exactly."""
+        data: dict[str, Any] = {
+            "schema": SCHEMA_VERSION,
+            "name": self.name,
+            "model": self.model,
+            "seq_len": self.seq_len,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "dtype": self.dtype,
+            "device": self.device,
+            "measure": self.measure,
+            "mode": self.mode,
+            "inputs": self.inputs,
+            "layer": self.layer,
+            "versions": dict(self.versions),
+            "steps": [int(s) for s in self.steps],
+            "norms": encode_floats(self.norms),
+            "sample_norms": encode_floats(self.sample_norms),
+            "contributions": None
+            if self.contributions is None
+            else {k: encode_floats(v) for k, v in self.contributions.items()},
+        }
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> GradientProfile:
+        """Rebuild a profile from `to_dict` output; a clear `ReportFormatError` when the data is not one."""
+        if not isinstance(data, Mapping):
+            raise ReportFormatError(f"a gradient profile must be a JSON object, got {type(data).__name__}")
+        schema = data.get("schema")
+        if schema != SCHEMA_VERSION:
+            raise ReportFormatError(
+                f"gradient profile schema {schema!r} is not supported; this version reads schema {SCHEMA_VERSION}"
+            )
+        missing = [k for k in ("seq_len", "steps", "norms", "sample_norms") if k not in data]
+        if missing:
+            raise ReportFormatError(f"gradient profile is missing {', '.join(missing)}")
+        seq_len = data["seq_len"]
+        if not isinstance(seq_len, int) or isinstance(seq_len, bool):
+            raise ReportFormatError(f"seq_len must be an integer, got {seq_len!r}")
+        contributions = data.get("contributions")
+        if contributions is not None and not isinstance(contributions, Mapping):
+            raise ReportFormatError("contributions must be an object of weight name -> array")
+        try:
+            steps = np.asarray(data["steps"], dtype=np.int64)
+        except (TypeError, ValueError) as exc:
+            raise ReportFormatError(f"steps must be a list of integers: {exc}") from exc
+        return cls(
+            norms=decode_floats(data["norms"], "norms"),
+            sample_norms=decode_floats(data["sample_norms"], "sample_norms"),
+            seq_len=seq_len,
+            steps=steps,
+            name=str(data.get("name", "")),
+            model=str(data.get("model", "")),
+            batch_size=int(data.get("batch_size", 0)),
+            seed=data.get("seed"),
+            dtype=str(data.get("dtype", "")),
+            device=str(data.get("device", "")),
+            measure=str(data.get("measure", "input")),
+            mode=str(data.get("mode", "eval")),
+            inputs=str(data.get("inputs", "float")),
+            layer=data.get("layer"),
+            versions={str(k): str(v) for k, v in dict(data.get("versions") or {}).items()},
+            contributions=None
+            if contributions is None
+            else {str(k): decode_floats(v, f"contributions[{k}]") for k, v in contributions.items()},
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"GradientProfile(name={self.name!r}, model={self.model!r}, measure={self.measure!r}, "
+            f"seq_len={self.seq_len}, ratio={self.ratio:.3g}, rate={self.rate:.4g}, "
+            f"half_life={self.half_life:.3g}, horizon={self.horizon()})"
+        )

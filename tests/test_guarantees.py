@@ -1,0 +1,143 @@
+"""DESIGN.md's guarantees: the model, its gradients and the global random state are left as they were."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from conftest import assert_same_state, model_state, rng_state
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from pytest_gradhealth import probe
+
+
+class Classifier(nn.Module):
+    """A user-style model: recurrent core with dropout and batch norm on the features."""
+
+    def __init__(self, cls: type[nn.RNNBase] = nn.LSTM, layers: int = 1, batch_first: bool = True) -> None:
+        super().__init__()
+        self.rnn = cls(4, 8, num_layers=layers, batch_first=batch_first, dropout=0.3 if layers > 1 else 0.0)
+        self.drop = nn.Dropout(0.2)
+        self.norm = nn.BatchNorm1d(8)
+        self.batch_first = batch_first
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(x)
+        last = out[:, -1] if self.batch_first else out[-1]
+        return self.norm(self.drop(last))
+
+
+class TokenModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(20, 6)
+        self.gru = nn.GRU(6, 8, batch_first=True)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.gru(self.embed(tokens))[0]
+
+
+class CellLoop(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.cell = nn.LSTMCell(4, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = c = x.new_zeros(x.shape[0], 8)
+        for t in range(x.shape[1]):
+            h, c = self.cell(x[:, t], (h, c))
+        return self.head(h)
+
+
+def test_parameters_buffers_and_flags_untouched_in_train_mode_with_batch_norm(state_guard):
+    model = Classifier()
+    model.rnn.weight_hh_l0.requires_grad_(False)  # a frozen parameter stays frozen
+    state_guard(model)
+    probe(model, 10, mode="train", batch_size=4)
+    assert model.norm.num_batches_tracked.item() == 0
+
+
+def test_existing_grads_kept_and_none_grads_stay_none(state_guard):
+    model = Classifier()
+    model(torch.randn(4, 6, 4)).sum().backward()
+    model.norm.weight.grad = None
+    state_guard(model)
+    probe(model, 10)
+
+
+def test_mixed_train_eval_flags_restored_per_submodule(state_guard):
+    model = Classifier().train()
+    model.drop.eval()
+    state_guard(model)
+    probe(model, 8, mode="eval")
+    probe(model, 8, mode="train")
+
+
+def test_float64_probe_uses_a_copy_and_leaves_the_float32_model(state_guard):
+    model = state_guard(Classifier())
+    profile = probe(model, 8, dtype=torch.float64)
+    assert profile.dtype == "float64"
+    assert next(model.parameters()).dtype == torch.float32
+
+
+def test_global_rng_untouched_and_next_draw_unchanged():
+    model = Classifier(layers=2)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    probe(model, 8, mode="train", seed=5)  # dropout draws from the global generator inside the probe
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_same_seed_same_numbers_even_with_dropout_in_train_mode():
+    model = Classifier(layers=2)
+    first = probe(model, 12, mode="train", seed=7)
+    torch.rand(10)  # the global state moving on between probes does not matter
+    second = probe(model, 12, mode="train", seed=7)
+    np.testing.assert_array_equal(first.norms, second.norms)
+    np.testing.assert_array_equal(first.sample_norms, second.sample_norms)
+    assert not np.array_equal(probe(model, 12, mode="train", seed=8).norms, first.norms)
+
+
+def build(kind: str, layers: int, batch_first: bool, extras: bool) -> tuple[nn.Module, dict]:
+    """A model from the property space and the probe options that fit it."""
+    if kind == "token":
+        return TokenModel(), {}
+    if kind == "cell":
+        return CellLoop(), {}
+    cls = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[kind]
+    if extras:
+        return Classifier(cls, layers, batch_first), {"batch_first": batch_first}
+    return cls(4, 8, num_layers=layers, batch_first=batch_first), {"batch_first": batch_first}
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    kind=st.sampled_from(["rnn", "lstm", "gru", "token", "cell"]),
+    layers=st.integers(1, 2),
+    batch_first=st.booleans(),
+    extras=st.booleans(),
+    dtype=st.sampled_from([None, torch.float64]),
+    mode=st.sampled_from(["eval", "train"]),
+    model_training=st.booleans(),
+    with_grads=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_guarantees_hold_across_models_and_options(
+    kind, layers, batch_first, extras, dtype, mode, model_training, with_grads, seed
+):
+    torch.manual_seed(seed % 1000)
+    model, options = build(kind, layers, batch_first, extras)
+    model.train(model_training)
+    if with_grads:
+        for p in list(model.parameters())[::2]:
+            p.grad = torch.randn_like(p)
+    before, rng = model_state(model), rng_state()
+    first = probe(model, 6, batch_size=3, seed=seed, dtype=dtype, mode=mode, **options)
+    assert_same_state(before, model_state(model))
+    assert torch.equal(rng, rng_state())
+    second = probe(model, 6, batch_size=3, seed=seed, dtype=dtype, mode=mode, **options)
+    np.testing.assert_array_equal(first.norms, second.norms)
+    assert first.norms.shape == (6,) and np.isfinite(first.norms).all()
