@@ -7,7 +7,7 @@ import copy
 import platform
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -156,13 +156,34 @@ def probe(
         measure=measure,
         name=name,
     )
+    return run_probe(model, options)
+
+
+def make_options(seq_len: int, options: dict[str, Any]) -> ProbeOptions:
+    """`ProbeOptions` from keyword options, with an error naming the valid ones when a name is unknown."""
+    known = {f.name for f in fields(ProbeOptions)} - {"seq_len"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise InvalidArgumentTypeError(
+            f"unknown probe option(s) {', '.join(map(repr, unknown))}; valid options are {', '.join(sorted(known))}"
+        )
+    return ProbeOptions(seq_len=seq_len, **options)
+
+
+def run_probe(
+    model: Any, options: ProbeOptions, check: Callable[[GradientProfile], dict] | None = None
+) -> GradientProfile:
+    """Measure, then hand the profile and the verdict of `check` (if any) to the recording observers.
+
+    A disconnected model is recorded with the verdict "disconnected" before its error propagates.
+    """
     try:
         profile = measure_profile(model, options)
     except DisconnectedGradientError as exc:
         if exc.profile is not None:
             emit(exc.profile, {"verdict": "disconnected", "message": str(exc)})
         raise
-    emit(profile)
+    emit(profile, None if check is None else check(profile))
     return profile
 
 
