@@ -24,9 +24,23 @@ __version__ = "0.1.0"
 _LAZY = {
     "probe": "pytest_gradhealth.probing",
     "GradientProfile": "pytest_gradhealth.profile",
+    "assert_no_vanishing": "pytest_gradhealth.assertions",
+    "assert_no_exploding": "pytest_gradhealth.assertions",
+    "assert_finite_gradients": "pytest_gradhealth.assertions",
+    "assert_memory_horizon": "pytest_gradhealth.assertions",
+    "assert_no_worse_than": "pytest_gradhealth.assertions",
+    "GradHealth": "pytest_gradhealth.fixture",
 }
 
 if TYPE_CHECKING:
+    from pytest_gradhealth.assertions import (
+        assert_finite_gradients,
+        assert_memory_horizon,
+        assert_no_exploding,
+        assert_no_vanishing,
+        assert_no_worse_than,
+    )
+    from pytest_gradhealth.fixture import GradHealth
     from pytest_gradhealth.probing import probe
     from pytest_gradhealth.profile import GradientProfile
 
@@ -39,6 +53,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "DisconnectedGradientError",
+    "GradHealth",
     "GradHealthError",
     "GradientHealthError",
     "GradientProfile",
@@ -48,5 +63,10 @@ __all__ = [
     "ModelInterfaceError",
     "ReportFormatError",
     "__version__",
+    "assert_finite_gradients",
+    "assert_memory_horizon",
+    "assert_no_exploding",
+    "assert_no_vanishing",
+    "assert_no_worse_than",
     "probe",
 ]

@@ -339,7 +339,12 @@ def _probe_context(model: Any, mode: str, device: torch.device, seed: int) -> It
     cudnn_off = device.type == "cuda" and mode == "eval"  # cuDNN's RNN backward refuses to run in eval mode
     try:
         with torch.random.fork_rng(devices=cuda_devices), torch.backends.cudnn.flags(enabled=not cudnn_off):
-            torch.manual_seed(seed)  # dropout in train mode draws from the global generator
+            # Dropout in train mode draws from the global generators. Seed only those fork_rng restores:
+            # torch.manual_seed would also queue a seed that a not yet initialised CUDA applies after the probe
+            # (and capture a stack trace to do so, a large share of a small probe's cost).
+            torch.default_generator.manual_seed(seed)
+            for index in cuda_devices:
+                torch.cuda.default_generators[index].manual_seed(seed)
             for m in modules:
                 m.training = mode == "train"
             yield model
@@ -539,7 +544,7 @@ def _versions() -> dict[str, str]:
 
     return {
         "pytest_gradhealth": __version__,
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "numpy": np.__version__,
         "python": platform.python_version(),
     }

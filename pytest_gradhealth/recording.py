@@ -1,17 +1,19 @@
 """Where measured profiles go: observers registered here (the pytest plugin, a CLI) receive every probe's record.
 
-The core stays free of pytest: the plugin registers an observer for the duration of each test.
+The core stays free of pytest: the plugin registers an observer for the duration of each test. Importing this
+module loads neither torch nor numpy.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pytest_gradhealth.profile import GradientProfile
+if TYPE_CHECKING:
+    from pytest_gradhealth.profile import GradientProfile
 
-Observer = Callable[[GradientProfile, "dict[str, Any] | None"], None]
+Observer = Callable[["GradientProfile", "dict[str, Any] | None"], None]
 
 _observers: list[Observer] = []
 
