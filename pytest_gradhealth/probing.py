@@ -243,6 +243,8 @@ def measure_profile(model: nn.Module | Callable[..., Any], options: ProbeOptions
         measure=options.measure,
         mode=options.mode,
         inputs="tokens" if tokens else "float",
+        input_size=int(embedding.embedding_dim if embedding is not None else x.shape[-1]),
+        hidden_size=_hidden_size(model),
         versions=_versions(),
     )
     _check_connected(profile, model)
@@ -313,6 +315,14 @@ def _first_input_module(model: Any) -> nn.Module | None:
     if not isinstance(model, nn.Module):
         return None
     return next((m for m in model.modules() if isinstance(m, _INPUT_MODULES)), None)
+
+
+def _hidden_size(model: Any) -> int | None:
+    """The hidden size of the model's first recurrent module or cell, when it has one."""
+    if not isinstance(model, nn.Module):
+        return None
+    recurrent = next((m for m in model.modules() if isinstance(m, (nn.RNNBase, nn.RNNCellBase))), None)
+    return None if recurrent is None else int(recurrent.hidden_size)
 
 
 def _infer_input_size(model: Any) -> int:

@@ -63,6 +63,8 @@ class GradientProfile:
     mode: str = "eval"
     inputs: str = "float"
     layer: int | None = None
+    input_size: int | None = None
+    hidden_size: int | None = None
     versions: dict[str, str] = field(default_factory=dict)
     contributions: dict[str, np.ndarray] | None = None
 
@@ -179,6 +181,8 @@ class GradientProfile:
             "mode": self.mode,
             "inputs": self.inputs,
             "layer": None if self.layer is None else int(self.layer),
+            "input_size": self.input_size,
+            "hidden_size": self.hidden_size,
             "versions": {str(k): str(v) for k, v in self.versions.items()},
             "steps": [int(s) for s in self.steps],
             "norms": encode_floats(self.norms),
@@ -227,6 +231,8 @@ class GradientProfile:
             mode=str(data.get("mode", "eval")),
             inputs=str(data.get("inputs", "float")),
             layer=data.get("layer"),
+            input_size=data.get("input_size"),
+            hidden_size=data.get("hidden_size"),
             versions={str(k): str(v) for k, v in dict(data.get("versions") or {}).items()},
             contributions=None
             if contributions is None
