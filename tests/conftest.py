@@ -1,8 +1,14 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from torch import nn
+
+# Under xdist each worker gets one core's worth of threads: oversubscribed intra-op threads spin and crawl.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 
 def model_state(model: nn.Module) -> dict:
