@@ -11,7 +11,17 @@ from pytest_gradhealth.probing import make_options, run_probe
 from pytest_gradhealth.profile import GradientProfile
 from pytest_gradhealth.sparkline import sparkline
 
-VERDICTS = ("ok", "vanishing", "exploding", "non-finite", "disconnected")
+# Worst first: reports sort by this order.
+VERDICTS = ("non-finite", "disconnected", "exploding", "vanishing", "ok")
+
+
+def judge(profile: GradientProfile, min_ratio: float, max_ratio: float) -> str:
+    """The verdict on a profile that no assertion judged: the session's min_ratio and max_ratio applied."""
+    if not profile.finite:
+        return "non-finite"
+    if peak_ratio(profile) > max_ratio:
+        return "exploding"
+    return "vanishing" if not profile.ratio >= min_ratio else "ok"
 
 
 def assert_no_vanishing(model: Any, seq_len: int, min_ratio: float = 1e-3, **options: Any) -> GradientProfile:

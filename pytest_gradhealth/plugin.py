@@ -7,11 +7,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_gradhealth.errors import InvalidArgumentError
+from pytest_gradhealth.errors import InvalidArgumentError, ReportFormatError
+from pytest_gradhealth.report.gate import parse_fail_rule
+from pytest_gradhealth.session import RECORD_NAME, GradHealthSession, ReportOptions
 from pytest_gradhealth.settings import HELP, MARKER_OPTIONS, Settings
 
 if TYPE_CHECKING:
@@ -19,11 +22,40 @@ if TYPE_CHECKING:
     from pytest_gradhealth.profile import GradientProfile
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
-RECORD_NAME = "gradhealth"  # the user_properties name under which each measured profile travels
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("gradhealth", "gradient health of recurrent models (pytest-gradhealth)")
+    group.addoption(
+        "--gradhealth", action="store_true", help="after the run, print a table of every probe measured in the session"
+    )
+    group.addoption(
+        "--gradhealth-references",
+        action="store_true",
+        help="with the report, also probe the reference tanh RNN and LSTMs of each probed model's sizes",
+    )
+    group.addoption("--gradhealth-json", metavar="PATH", help="write the whole report as JSON to PATH")
+    group.addoption(
+        "--gradhealth-save", metavar="PATH", help="save this session's profiles as a baseline (refuses to overwrite)"
+    )
+    group.addoption(
+        "--gradhealth-overwrite", action="store_true", help="allow --gradhealth-save to replace an existing baseline"
+    )
+    group.addoption(
+        "--gradhealth-compare", metavar="PATH", help="compare this session's profiles with the baseline at PATH"
+    )
+    group.addoption(
+        "--gradhealth-compare-fail",
+        metavar="EXPR",
+        action="append",
+        default=[],
+        help="fail the session when a probe regressed past EXPR: ratio:10x, half_life:20%%, horizon:5 (repeatable)",
+    )
+    group.addoption(
+        "--gradhealth-create-missing",
+        action="store_true",
+        help="when the --gradhealth-compare baseline does not exist, write it from this run instead of stopping",
+    )
     for key, text in HELP.items():
         group.addoption(f"--gradhealth-{key.replace('_', '-')}", dest=f"gradhealth_{key}", default=None, help=text)
         parser.addini(f"gradhealth_{key}", text, default=None)
@@ -37,9 +69,50 @@ def pytest_configure(config: pytest.Config) -> None:
     try:
         settings = Settings().merged({k: v for k, v in ini.items() if v not in (None, "")}, "ini file")
         settings = settings.merged({k: v for k, v in options.items() if v is not None}, "command line")
-    except InvalidArgumentError as exc:
+        options = _report_options(config)
+    except (InvalidArgumentError, ReportFormatError) as exc:
         raise pytest.UsageError(f"pytest-gradhealth: {exc}") from None
     config.stash[SETTINGS_KEY] = settings
+    if options.active and not hasattr(config, "workerinput"):  # xdist workers print and write nothing
+        config.pluginmanager.register(GradHealthSession(config, options, settings), "gradhealth-session")
+
+
+def _path(config: pytest.Config, name: str) -> Path | None:
+    value = config.getoption(name)
+    return None if value is None else Path(config.invocation_params.dir, value)
+
+
+def _report_options(config: pytest.Config) -> ReportOptions:
+    """The report options, checked before any test runs: no baseline is overwritten or missed by accident."""
+    options = ReportOptions(
+        table=config.getoption("gradhealth"),
+        json_path=_path(config, "gradhealth_json"),
+        save_path=_path(config, "gradhealth_save"),
+        overwrite=config.getoption("gradhealth_overwrite"),
+        compare_path=_path(config, "gradhealth_compare"),
+        fail_rules=[parse_fail_rule(text) for text in config.getoption("gradhealth_compare_fail")],
+        create_missing=config.getoption("gradhealth_create_missing"),
+        references=config.getoption("gradhealth_references"),
+    )
+    if options.save_path and options.save_path.exists() and not options.overwrite:
+        raise InvalidArgumentError(
+            f"--gradhealth-save: {options.save_path} exists and would be overwritten; add --gradhealth-overwrite to "
+            "replace it, or save to another path"
+        )
+    if options.fail_rules and not options.compare_path:
+        raise InvalidArgumentError("--gradhealth-compare-fail needs --gradhealth-compare=BASELINE to compare with")
+    if options.compare_path:
+        if options.compare_path.exists():
+            from pytest_gradhealth.report.export import load_report
+
+            load_report(options.compare_path)  # a corrupt baseline stops the session before any test runs
+        elif not options.create_missing:
+            raise InvalidArgumentError(
+                f"--gradhealth-compare: baseline {options.compare_path} does not exist; create it with "
+                f"--gradhealth-save={config.getoption('gradhealth_compare')}, or add --gradhealth-create-missing to "
+                "write it from this run"
+            )
+    return options
 
 
 def _item_settings(item: pytest.Item) -> Settings:

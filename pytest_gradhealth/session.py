@@ -1,0 +1,107 @@
+"""The controller's side of the plugin: collects the records that travel on test reports, then renders, exports,
+saves and compares them at the end of the session. Registered only when a --gradhealth* report option is given,
+and never on an xdist worker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_gradhealth.report.gate import FailRule
+from pytest_gradhealth.settings import Settings
+
+RECORD_NAME = "gradhealth"  # the user_properties name under which each measured profile travels
+
+
+@dataclass
+class ReportOptions:
+    """What the user asked of the report on the command line."""
+
+    table: bool = False
+    json_path: Path | None = None
+    save_path: Path | None = None
+    overwrite: bool = False
+    compare_path: Path | None = None
+    fail_rules: list[FailRule] = field(default_factory=list)
+    create_missing: bool = False
+    references: bool = False
+
+    @property
+    def active(self) -> bool:
+        return bool(self.table or self.json_path or self.save_path or self.compare_path)
+
+
+class GradHealthSession:
+    """Aggregates every test's records; at session finish writes files and sets the exit status; then prints."""
+
+    def __init__(self, config: pytest.Config, options: ReportOptions, settings: Settings) -> None:
+        self.config = config
+        self.options = options
+        self.settings = settings
+        self.raw: dict[str, list[dict[str, Any]]] = {}
+        self.lines: list[str] = []
+        self.regressed = False
+
+    @pytest.hookimpl
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        records = [value for name, value in report.user_properties if name == RECORD_NAME]
+        if records or report.nodeid not in self.raw:
+            self.raw[report.nodeid] = records  # a later phase's report carries all earlier records too
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        from pytest_gradhealth.report import export, text
+        from pytest_gradhealth.report.baseline import compare
+        from pytest_gradhealth.report.records import ProbeRecord
+
+        s = self.settings
+        records = [
+            ProbeRecord.from_raw(test, raw, s.min_ratio, s.max_ratio)
+            for test in sorted(self.raw)
+            for raw in self.raw[test]
+        ]
+        references = []
+        if self.options.references:
+            from pytest_gradhealth.report.references import measure_references
+
+            references = measure_references(records, s.min_ratio, s.max_ratio)
+        writer = self.config.get_terminal_writer()
+        width, color, verbosity = writer.fullwidth, writer.hasmarkup, self.config.get_verbosity()
+        if self.options.table:
+            self.lines += text.render_table(records, width=width, verbosity=verbosity, color=color)
+            self.lines += text.render_references(references, width=width)
+        report = export.build_report(
+            records, references, {"min_ratio": s.min_ratio, "max_ratio": s.max_ratio}, self.config.rootpath
+        )
+        if self.options.json_path:
+            export.write_json(self.options.json_path, report)
+            self.lines.append(f"gradhealth: report written to {self.options.json_path}")
+        compare_path = self.options.compare_path
+        if compare_path and compare_path.exists():
+            baseline = export.load_report(compare_path)
+            rows = compare(baseline.records, records, self.options.fail_rules)
+            self.lines += text.render_comparison(rows, str(compare_path), color=color)
+            broken = [row for row in rows if row.broken]
+            if broken:
+                self.regressed = True
+                rules = ", ".join(sorted({str(rule) for row in broken for rule in row.broken}))
+                self.lines.append(f"gradhealth: {len(broken)} probe(s) regressed past {rules}: failing the session")
+                if session.exitstatus == pytest.ExitCode.OK:
+                    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        elif compare_path:  # missing, and --gradhealth-create-missing was given (checked at start-up)
+            export.write_json(compare_path, report)
+            self.lines.append(f"gradhealth: baseline {compare_path} did not exist: written from this run")
+        if self.options.save_path:
+            export.write_json(self.options.save_path, report)
+            self.lines.append(f"gradhealth: baseline saved to {self.options.save_path}")
+
+    @pytest.hookimpl
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not self.lines:
+            return
+        terminalreporter.section("gradient health")
+        for line in self.lines:
+            terminalreporter.write_line(line)

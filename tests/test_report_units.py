@@ -1,0 +1,131 @@
+"""The report's pure parts: fail rules, comparison, rendering and atomic files."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from pytest_gradhealth import GradientProfile, InvalidArgumentError, ReportFormatError
+from pytest_gradhealth.report.baseline import compare
+from pytest_gradhealth.report.export import build_report, load_report, write_json
+from pytest_gradhealth.report.gate import FailRule, parse_fail_rule
+from pytest_gradhealth.report.records import ProbeRecord, worst_first
+from pytest_gradhealth.report.text import render_comparison, render_table
+
+
+def record(test: str, rate: float, seq_len: int = 11, verdict: str = "ok", probe: str = "m") -> ProbeRecord:
+    norms = rate ** np.arange(seq_len - 1, -1, -1.0)
+    profile = GradientProfile(norms=norms, sample_norms=norms[None], seq_len=seq_len, name=probe, model="M")
+    return ProbeRecord(test, probe, profile, verdict)
+
+
+@pytest.mark.parametrize(
+    ("text", "rule"),
+    [
+        ("ratio:10x", FailRule("ratio", 10.0, "x")),
+        ("half_life:20%", FailRule("half_life", 20.0, "%")),
+        ("horizon:5", FailRule("horizon", 5.0, "")),
+        ("HORIZON:2.5", FailRule("horizon", 2.5, "")),
+    ],
+)
+def test_fail_rules_parse(text, rule):
+    assert parse_fail_rule(text) == rule
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("ratio", "expected METRIC:AMOUNT"),
+        ("loss:10x", "expected METRIC:AMOUNT"),
+        ("ratio:20%", "give a factor such as ratio:10x"),
+        ("ratio:0.5x", "a factor must be > 1"),
+        ("half_life:120%", "a percentage between 0 and 100"),
+    ],
+)
+def test_bad_fail_rules_say_what_is_accepted(text, words):
+    with pytest.raises(InvalidArgumentError, match=words):
+        parse_fail_rule(text)
+
+
+def test_fail_rule_thresholds_are_exclusive_bounds():
+    assert not FailRule("ratio", 10, "x").regressed(1e-3, 1e-4)
+    assert FailRule("ratio", 10, "x").regressed(1e-3, 0.99e-4)
+    assert not FailRule("half_life", 20, "%").regressed(10.0, 8.0)
+    assert FailRule("half_life", 20, "%").regressed(10.0, 7.9)
+    assert FailRule("half_life", 20, "%").regressed(math.inf, 500.0)
+    assert not FailRule("half_life", 20, "%").regressed(math.inf, math.inf)
+    assert FailRule("horizon", 5, "").regressed(20, 14)
+    assert FailRule("ratio", 10, "x").regressed(1e-3, math.nan)
+    assert not FailRule("ratio", 10, "x").regressed(math.nan, 1e-9)
+
+
+def test_comparison_matches_by_test_and_probe_and_flags_regressions():
+    old = [record("t::a", 0.9), record("t::b", 0.9), record("t::gone", 0.9)]
+    new = [record("t::a", 0.9), record("t::b", 0.5), record("t::new", 0.1)]
+    rows = {row.key: row for row in compare(old, new, [parse_fail_rule("ratio:10x")])}
+    assert {k: r.status for k, r in rows.items()} == {
+        "t::a [m]": "ok",
+        "t::b [m]": "regressed",
+        "t::gone [m]": "removed",
+        "t::new [m]": "new",
+    }
+    # ratio 0.9^10 -> 0.5^10: log10 change = 10 * log10(0.5 / 0.9)
+    assert rows["t::b [m]"].log10_change == pytest.approx(10 * math.log10(0.5 / 0.9))
+    lines = render_comparison(list(rows.values()), "base.json")
+    assert lines[0] == "gradhealth baseline base.json: 1 new, 1 ok, 1 regressed, 1 removed"
+    assert "regressed (ratio:10x)" in lines[3]
+
+
+def test_table_is_sorted_worst_first_and_quiet_mode_lists_only_problems():
+    records = [record("t::good", 0.99), record("t::bad", 0.1, verdict="vanishing"), record("t::nan", 0.5)]
+    records[2].verdict = "non-finite"
+    assert [r.test for r in worst_first(records)] == ["t::nan", "t::bad", "t::good"]
+    lines = render_table(records, width=200)
+    assert lines[0] == "gradhealth: 3 probes: 1 non-finite, 1 vanishing, 1 ok"
+    assert [line.split()[0] for line in lines[3:]] == ["t::nan", "t::bad", "t::good"]
+    assert "profile" in lines[1]
+    quiet = render_table(records, width=200, verbosity=-1)
+    assert len(quiet) == 5 and "t::good" not in "\n".join(quiet)
+
+
+def test_narrow_terminal_drops_columns_and_colour_is_optional():
+    records = [record("tests/test_models.py::test_a_rather_long_test_name[param-1]", 0.5, verdict="vanishing")]
+    narrow = render_table(records, width=60)
+    assert narrow[1].split() == ["probe", "seq_len", "ratio", "horizon", "verdict"]
+    assert narrow[3] == "tests/test_models.py::test_a_rather_long_test_name[param-1]"  # never cut
+    assert max(len(line) for line in narrow[4:]) <= 60
+    assert "\x1b[" not in "\n".join(narrow)
+    assert "\x1b[31mvanishing\x1b[0m" in "\n".join(render_table(records, width=200, color=True))
+
+
+def test_report_round_trip_and_atomic_write(tmp_path):
+    path = tmp_path / "report.json"
+    data = build_report([record("t::a", 0.9)], [], {"min_ratio": 1e-3}, tmp_path)
+    write_json(path, data)
+    loaded = load_report(path)
+    assert loaded.records[0].key == "t::a [m]"
+    np.testing.assert_array_equal(loaded.records[0].profile.norms, 0.9 ** np.arange(10, -1, -1.0))
+    # a failed write leaves the previous file intact and no temporary file behind
+    with pytest.raises(TypeError):
+        write_json(path, {"x": object()})
+    assert json.loads(path.read_text())["tool"] == "pytest-gradhealth"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        ("{not json", r"not valid JSON \(Expecting property name .* at line 1, column 2\)"),
+        ('{"a": 1}', "a JSON file, but not a pytest-gradhealth report"),
+        ('{"tool": "pytest-gradhealth", "schema": 7, "probes": []}', "report schema 7; this version"),
+        ('{"tool": "pytest-gradhealth", "schema": 1, "probes": [{"test": 1}]}', r"probes\[0\]: expected an object"),
+    ],
+)
+def test_corrupt_or_foreign_report_names_the_file_and_the_problem(tmp_path, content, words):
+    path = tmp_path / "baseline.json"
+    path.write_text(content)
+    with pytest.raises(ReportFormatError, match=f"{path}: {words}"):
+        load_report(path)
