@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pytest_gradhealth.errors import GradientHealthError, InvalidArgumentError, InvalidArgumentTypeError
-from pytest_gradhealth.probing import make_options, run_probe
+from pytest_gradhealth.probing import make_options, measure_profile, run_probe
 from pytest_gradhealth.profile import GradientProfile
 from pytest_gradhealth.sparkline import sparkline
 
@@ -97,7 +97,7 @@ def assert_no_worse_than(
             )
         ref_profile = reference
     elif callable(reference):
-        ref_profile = run_probe(reference, make_options(seq_len, options))
+        ref_profile = measure_profile(reference, make_options(seq_len, options))  # a yardstick, not a probe to report
     else:
         raise InvalidArgumentTypeError(
             f"reference must be a model or a GradientProfile, got {type(reference).__name__}"

@@ -83,7 +83,7 @@ class GradHealthSession:
         if compare_path and compare_path.exists():
             baseline = export.load_report(compare_path)
             rows = compare(baseline.records, records, self.options.fail_rules)
-            self.lines += text.render_comparison(rows, str(compare_path), color=color)
+            self.lines += text.render_comparison(rows, str(compare_path), width=width, color=color)
             broken = [row for row in rows if row.broken]
             if broken:
                 self.regressed = True

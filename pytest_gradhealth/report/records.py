@@ -57,10 +57,10 @@ class ProbeRecord:
 
 
 def worst_first(records: list[ProbeRecord]) -> list[ProbeRecord]:
-    """Sorted by verdict severity, then by how little gradient reaches the first step, then by key."""
+    """Sorted by verdict severity, then by how little gradient reaches the first step; ties keep their order."""
 
-    def order(record: ProbeRecord) -> tuple[int, float, str]:
+    def order(record: ProbeRecord) -> tuple[int, float]:
         ratio = record.profile.ratio
-        return (VERDICTS.index(record.verdict), ratio if ratio == ratio else -1.0, record.key)
+        return (VERDICTS.index(record.verdict), ratio if ratio == ratio else -1.0)
 
     return sorted(records, key=order)

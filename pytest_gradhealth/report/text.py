@@ -117,26 +117,30 @@ def render_references(references: Sequence[ProbeRecord], *, width: int = 120) ->
     return ["reference models (same sizes, measured the same way):", *table.splitlines()]
 
 
-def render_comparison(rows: Sequence[Comparison], baseline: str, *, color: bool = False) -> list[str]:
-    """Old against new, probe by probe: ratio, change in log10 ratio, half-life, horizon, and the status."""
+def render_comparison(rows: Sequence[Comparison], baseline: str, *, width: int = 120, color: bool = False) -> list[str]:
+    """Old against new, probe by probe: ratio, change in log10 ratio, half-life, horizon, and the status.
+
+    When the table is wider than `width`, each probe's key goes on a line of its own above its figures."""
     counts = Counter(row.status for row in rows)
     lines = [f"gradhealth baseline {baseline}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))]
     order = {"regressed": 0, "removed": 1, "new": 2, "ok": 3}
+    headers = ["probe", "old ratio", "new ratio", "Δlog10", "half-life", "horizon", "status"]
     table = []
     for row in sorted(rows, key=lambda r: (order[r.status], r.key)):
         old = row.old.profile if row.old else None
         new = row.new.profile if row.new else None
         status = row.status + (f" ({', '.join(map(str, row.broken))})" if row.broken else "")
-        table.append(
-            [
-                row.key,
-                number(old.ratio) if old else "-",
-                number(new.ratio) if new else "-",
-                f"{row.log10_change:+.2f}" if math.isfinite(row.log10_change) else number(row.log10_change),
-                f"{number(old.half_life)} -> {number(new.half_life)}" if old and new else "-",
-                f"{old.horizon()} -> {new.horizon()}" if old and new else "-",
-                paint(status, "vanishing" if row.broken else "ok", color),
-            ]
-        )
-    headers = ["probe", "old ratio", "new ratio", "Δlog10", "half-life", "horizon", "status"]
-    return [*lines, *tabulate(table, headers, tablefmt="simple", disable_numparse=True).splitlines()]
+        cells = [
+            row.key,
+            number(old.ratio) if old else "-",
+            number(new.ratio) if new else "-",
+            f"{row.log10_change:+.2f}" if math.isfinite(row.log10_change) else number(row.log10_change),
+            f"{number(old.half_life)} -> {number(new.half_life)}" if old and new else "-",
+            f"{old.horizon()} -> {new.horizon()}" if old and new else "-",
+            paint(status, "vanishing" if row.broken else "ok", color),
+        ]
+        table.append({"test": row.key, **dict(zip(headers, cells, strict=True))})
+    flat = _table(table, headers, grouped=False)
+    if max(len(_ANSI.sub("", line)) for line in flat) <= width:
+        return [*lines, *flat]
+    return [*lines, *_table(table, headers[1:], grouped=True)]
