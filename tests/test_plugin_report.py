@@ -197,3 +197,28 @@ def test_quiet_and_verbose(pytester):
     assert "test_suite.py::test_two_probes    lstm" not in quiet.stdout.str()
     verbose = pytester.runpytest("-v", "--gradhealth")
     verbose.stdout.fnmatch_lines(["*test*probe*model*measure*dtype*batch*seq_len*ratio*"])
+
+
+def test_a_disconnected_model_is_reported_as_disconnected_not_vanishing(pytester, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    pytester.makepyfile(
+        test_cut="""
+        import pytest, torch
+        from pytest_gradhealth import probe, DisconnectedGradientError
+
+        class Cut(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.rnn = torch.nn.RNN(3, 4, batch_first=True)
+
+            def forward(self, x):
+                return self.rnn(x)[0] * 0.0
+
+        def test_cut():
+            with pytest.raises(DisconnectedGradientError):
+                probe(Cut(), 6)
+        """
+    )
+    result = pytester.runpytest("--gradhealth")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["gradhealth: 1 probe: 1 disconnected", "test_cut.py::test_cut*Cut*nan*disconnected*"])
