@@ -202,7 +202,7 @@ def failure_message(assertion: str, verdict: str, profile: GradientProfile, thre
     else:
         lines.append(f"  ratio first/last = {profile.ratio:.3g}, required >= {thresholds['min_ratio']:.3g} (min_ratio)")
     if verdict == "vanishing":
-        bound = thresholds.get("min_ratio", thresholds.get("threshold"))
+        bound = float(thresholds.get("min_ratio", thresholds.get("threshold", 0.0)))
         below = profile.first_step_below(bound)
         if below is not None:
             lines.append(

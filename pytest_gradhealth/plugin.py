@@ -69,12 +69,12 @@ def pytest_configure(config: pytest.Config) -> None:
     try:
         settings = Settings().merged({k: v for k, v in ini.items() if v not in (None, "")}, "ini file")
         settings = settings.merged({k: v for k, v in options.items() if v is not None}, "command line")
-        options = _report_options(config)
+        report_options = _report_options(config)
     except (InvalidArgumentError, ReportFormatError) as exc:
         raise pytest.UsageError(f"pytest-gradhealth: {exc}") from None
     config.stash[SETTINGS_KEY] = settings
-    if options.active and not hasattr(config, "workerinput"):  # xdist workers print and write nothing
-        config.pluginmanager.register(GradHealthSession(config, options, settings), "gradhealth-session")
+    if report_options.active and not hasattr(config, "workerinput"):  # xdist workers print and write nothing
+        config.pluginmanager.register(GradHealthSession(config, report_options, settings), "gradhealth-session")
 
 
 def _path(config: pytest.Config, name: str) -> Path | None:

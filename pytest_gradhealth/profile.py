@@ -52,7 +52,7 @@ class GradientProfile:
     norms: np.ndarray
     sample_norms: np.ndarray
     seq_len: int
-    steps: np.ndarray | None = None
+    steps: np.ndarray = None  # type: ignore[assignment]  # None: every timestep 0 .. seq_len-1
     name: str = ""
     model: str = ""
     batch_size: int = 0

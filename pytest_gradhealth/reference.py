@@ -7,6 +7,8 @@ arguments give identical models. Probe them beside your model to see where it st
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -36,7 +38,7 @@ class ReferenceGRU(_Reference):
     """GRU."""
 
 
-def _seeded(seed: int, build: type[nn.RNNBase], **kwargs: object) -> nn.RNNBase:
+def _seeded(seed: int, build: type[nn.RNNBase], **kwargs: Any) -> nn.RNNBase:
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise InvalidArgumentTypeError(f"seed must be an int, got {type(seed).__name__}")
     with torch.random.fork_rng(devices=[]):

@@ -47,7 +47,7 @@ class GradHealthSession:
 
     @pytest.hookimpl
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        records = [value for name, value in report.user_properties if name == RECORD_NAME]
+        records: list[Any] = [value for name, value in report.user_properties if name == RECORD_NAME]
         if records or report.nodeid not in self.raw:
             self.raw[report.nodeid] = records  # a later phase's report carries all earlier records too
 

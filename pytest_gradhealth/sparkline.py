@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable
 
 BARS = "▁▂▃▄▅▆▇█"
 NONFINITE = "!"
 ZERO = "·"
 
 
-def sparkline(norms: Sequence[float], width: int = 32) -> str:
+def sparkline(norms: Iterable[float], width: int = 32) -> str:
     """Bars scaled between the smallest and largest positive finite norm on a log10 axis.
 
     A bucket with a NaN/Inf norm shows `!`, one whose norms are all exactly zero shows `·`.

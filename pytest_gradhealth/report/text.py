@@ -6,6 +6,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 from tabulate import tabulate
 
@@ -56,7 +57,7 @@ def render_table(
     for record in shown:
         p = record.profile
         probe = record.probe if p.measure == "input" or verbosity > 0 else f"{record.probe} ({p.measure})"
-        row = [record.test, probe]
+        row: list[Any] = [record.test, probe]
         if verbosity > 0:
             row += [p.model, p.measure, p.dtype, p.batch_size]
         row += [p.seq_len, number(p.ratio), number(p.rate), number(p.half_life), p.horizon()]
