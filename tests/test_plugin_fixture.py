@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-pytest_plugins = ["pytester"]
-
 MODELS = """
 from pytest_gradhealth import reference
 RNN = reference.rnn(8, 16)

@@ -6,8 +6,6 @@ import json
 
 import pytest
 
-pytest_plugins = ["pytester"]
-
 SUITE = """
 from pytest_gradhealth import probe, reference
 
