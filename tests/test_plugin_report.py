@@ -28,8 +28,10 @@ def test_assertion(gradhealth):
 
 
 @pytest.fixture(params=[[], ["-n", "0"], ["-n", "2"]], ids=["no-xdist", "n0", "n2"])
-def run(request, pytester):
-    """Runs the suite with the parametrized xdist arguments; writes the suite with the given forget bias."""
+def run(request, pytester, monkeypatch):
+    """Runs the suite with the parametrized xdist arguments in a wide terminal; writes the suite with the given
+    forget bias."""
+    monkeypatch.setenv("COLUMNS", "200")
 
     def run(*args: str, forget_bias: float = 3.0):
         pytester.makepyfile(test_suite=SUITE.format(forget_bias=forget_bias))
@@ -49,8 +51,7 @@ def rows(result) -> list[list[str]]:
     return table
 
 
-def test_table_has_a_row_per_probe_worst_first(run, monkeypatch):
-    monkeypatch.setenv("COLUMNS", "200")
+def test_table_has_a_row_per_probe_worst_first(run):
     result = run("--gradhealth")
     result.assert_outcomes(passed=2, failed=1)
     result.stdout.fnmatch_lines(["*= gradient health =*", "gradhealth: 3 probes: 1 vanishing, 2 ok"])
