@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from conftest import assert_same_state, model_state, rng_state
 from hypothesis import HealthCheck, given, settings
@@ -89,6 +90,14 @@ def test_global_rng_untouched_and_next_draw_unchanged():
     torch.manual_seed(123)
     probe(model, 8, mode="train", seed=5)  # dropout draws from the global generator inside the probe
     assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.skipif(torch.cuda.is_initialized(), reason="CUDA already started: nothing is queued for it")
+def test_no_seed_left_queued_for_a_cuda_not_yet_started():
+    # torch.manual_seed queues a seed that CUDA applies when it starts, long after the probe has returned.
+    queued = torch.cuda._lazy_seed_tracker.get_calls()
+    probe(Classifier(layers=2), 8, mode="train", seed=5)
+    assert torch.cuda._lazy_seed_tracker.get_calls() == queued
 
 
 def test_same_seed_same_numbers_even_with_dropout_in_train_mode():

@@ -1,0 +1,429 @@
+"""Benchmarks (issue 7): what a gradient-health check costs against the least it can cost, measured in one run.
+
+    python benchmarks/run.py                # default sizes: about two minutes on 2 cores
+    python benchmarks/run.py --quick        # tiny sizes: shows that every row runs; its timings mean nothing
+
+Every row is a ratio against a baseline measured in the same process and run: each side warms up, then the
+sides alternate for several repeats (time.perf_counter) and the ratio is of their medians. Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.profiler import ProfilerActivity
+from torch.profiler import profile as torch_profile
+
+from pytest_gradhealth import assert_finite_gradients, assert_no_exploding, assert_no_vanishing, probe
+from pytest_gradhealth.probing import MEASURES
+from pytest_gradhealth.recording import observe
+
+MAX_REPEATS = 200
+HEAVY_MODULES = ("torch", "numpy", "tabulate", "matplotlib")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """What to measure, and how long to spend on each comparison."""
+
+    input_size: int
+    batch: int
+    small: tuple[int, int]  # (hidden size, seq_len)
+    large: tuple[int, int]
+    checkpoints: int
+    scaling_hidden: int
+    scaling_seq_lens: tuple[int, ...]
+    seconds_per_row: float  # the repeats of one comparison share this budget...
+    min_repeats: int  # ...but never fall below this
+    warmup: int
+    startup_runs: int
+    suite_modules: int
+    suite_tests: int
+
+    @property
+    def budget(self) -> tuple[float, int, int]:
+        """`rounds`' seconds, min_repeats and warmup for one comparison."""
+        return self.seconds_per_row, self.min_repeats, self.warmup
+
+
+DEFAULT = Sizes(32, 8, (64, 128), (256, 512), 32, 64, (256, 1024, 4096), 3.0, 5, 2, 10, 20, 10)
+QUICK = Sizes(4, 2, (8, 16), (16, 32), 4, 8, (16, 64, 256), 0.0, 1, 1, 1, 2, 2)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the results table."""
+
+    group: int
+    benchmark: str
+    size: str
+    baseline: str
+    result: str
+    goal: str
+    met: str
+
+    def markdown(self) -> str:
+        cells = (str(self.group), self.benchmark, self.size, self.baseline, self.result, self.goal, self.met)
+        return "| " + " | ".join(cells) + " |"
+
+
+HEADER = ("#", "benchmark", "size", "baseline (median)", "result", "goal", "met")
+
+
+def ratio_row(group: int, benchmark: str, size: str, baseline: str, ratio: float, limit: float | None) -> Row:
+    """A row whose result is a ratio against its baseline; `limit` None marks it as information only."""
+    if limit is None:
+        return Row(group, benchmark, size, baseline, f"{ratio:.2f}x", "(info)", "-")
+    return Row(group, benchmark, size, baseline, f"{ratio:.2f}x", f"<= {limit:.2f}x", "yes" if ratio <= limit else "NO")
+
+
+# -- measuring ---------------------------------------------------------------------------------------
+
+
+def rounds(fns: list[Callable[[], object]], seconds: float, min_repeats: int, warmup: int) -> list[list[float]]:
+    """Seconds per call of each function, round by round: a round runs every function once, back to back and in
+    rotating order, so that load from elsewhere on the machine hits all sides of a ratio alike."""
+    spent = [0.0] * len(fns)
+    for _ in range(warmup):
+        for k, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            spent[k] = time.perf_counter() - start
+    repeats = max(min_repeats, min(MAX_REPEATS, int(seconds / sum(spent))))
+    times = [[0.0] * len(fns) for _ in range(repeats)]
+    for i in range(repeats):
+        for k in range(len(fns)):
+            j = (i + k) % len(fns)
+            start = time.perf_counter()
+            fns[j]()
+            times[i][j] = time.perf_counter() - start
+    return times
+
+
+def median_ratio(times: list[list[float]], numerator: int, denominator: int) -> float:
+    """The median over rounds of one function's time over another's."""
+    return statistics.median(t[numerator] / t[denominator] for t in times)
+
+
+def paired(candidate: Callable[[], object], baseline: Callable[[], object], sizes: Sizes) -> tuple[float, float]:
+    """candidate / baseline (the median of their per-round ratios), and the baseline's median seconds."""
+    times = rounds([baseline, candidate], *sizes.budget)
+    return median_ratio(times, 1, 0), statistics.median(t[0] for t in times)
+
+
+@contextlib.contextmanager
+def stderr_silenced() -> Iterator[None]:
+    """Mute file descriptor 2: torch's profiler prints its start and stop lines there from C++."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def peak_bytes(fn: Callable[[], object]) -> int:
+    """Peak bytes allocated while `fn` runs, above what was live when it started.
+
+    torch's CPU tensors: the allocator's alloc/free events from torch.profiler(profile_memory=True), summed in time
+    order. Python objects and numpy arrays (which torch's allocator does not see): tracemalloc's peak. The two heaps
+    are disjoint, so their peaks add to an upper bound of the joint peak, measured alike on both sides.
+    """
+    with stderr_silenced(), torch_profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        tracemalloc.start()
+        fn()
+        python_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    live = torch_peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        live += event.nbytes()
+        torch_peak = max(torch_peak, live)
+    return torch_peak + python_peak
+
+
+# -- models and baselines ----------------------------------------------------------------------------
+
+
+def unrolled_states(cell: nn.LSTMCell, x: torch.Tensor) -> list[torch.Tensor]:
+    """The hidden state h_t of every step of `cell` run over batch-first `x` from a zero state."""
+    state = None
+    states = []
+    for t in range(x.shape[1]):
+        state = cell(x[:, t], state)
+        states.append(state[0])
+    return states
+
+
+class CellLoop(nn.Module):
+    """An nn.LSTMCell stepped in a Python loop, returning (batch, seq, hidden)."""
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__()
+        self.cell = nn.LSTMCell(input_size, hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack(unrolled_states(self.cell, x), dim=1)
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "nn.RNN": partial(nn.RNN, batch_first=True),
+    "nn.LSTM": partial(nn.LSTM, batch_first=True),
+    "nn.GRU": partial(nn.GRU, batch_first=True),
+    "nn.LSTMCell loop": CellLoop,
+}
+
+
+def build(kind: str, sizes: Sizes, hidden: int) -> nn.Module:
+    torch.manual_seed(0)
+    return MODELS[kind](sizes.input_size, hidden)
+
+
+def make_batch(sizes: Sizes, seq_len: int) -> torch.Tensor:
+    return torch.randn(sizes.batch, seq_len, sizes.input_size, generator=torch.Generator().manual_seed(0))
+
+
+def cell_of(lstm: nn.LSTM) -> nn.LSTMCell:
+    """An nn.LSTMCell with the weights of a one-layer nn.LSTM."""
+    cell = nn.LSTMCell(lstm.input_size, lstm.hidden_size)
+    cell.load_state_dict({name.removesuffix("_l0"): value for name, value in lstm.state_dict().items()})
+    return cell
+
+
+def forward_grad(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The least a probe can cost: one forward, then torch.autograd.grad of a loss on the last output w.r.t. x."""
+    leaf = x.detach().requires_grad_(True)
+    output = model(leaf)
+    y = output[0] if isinstance(output, tuple) else output
+    return torch.autograd.grad(y[:, -1].sum(), leaf)[0]
+
+
+def unrolled_state_grads(cell: nn.LSTMCell, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Every step's hidden-state gradient the brute-force way: an unrolled cell loop, autograd.grad w.r.t. each h_t."""
+    states = unrolled_states(cell, x)
+    return torch.autograd.grad(states[-1].sum(), states)
+
+
+def with_recording(check: Callable[[], object]) -> None:
+    """Run `check` with an observer that does what the pytest plugin does with each profile: keep it as plain data."""
+    records: list[dict[str, Any]] = []
+    with observe(lambda profile, verdict: records.append({"profile": profile.to_dict(), "check": verdict})):
+        check()
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.3g} ms"
+
+
+def size_label(hidden: int, seq_len: int) -> str:
+    return f"hidden {hidden}, seq {seq_len}"
+
+
+# -- the rows ----------------------------------------------------------------------------------------
+
+
+def probe_rows(sizes: Sizes) -> Iterator[Row]:
+    """1. probe(measure="input") against a bare forward + autograd.grad w.r.t. the same batch."""
+    for hidden, seq_len in (sizes.small, sizes.large):
+        x = make_batch(sizes, seq_len)
+        for kind in MODELS:
+            model = build(kind, sizes, hidden)
+            ratio, base = paired(partial(probe, model, seq_len, inputs=x), partial(forward_grad, model, x), sizes)
+            yield ratio_row(1, f"probe, {kind}", size_label(hidden, seq_len), f"fwd + grad, {ms(base)}", ratio, 1.10)
+        model = build("nn.LSTM", sizes, hidden)
+        ratio, base = paired(partial(probe, model, seq_len), partial(forward_grad, model, x), sizes)
+        label = "probe drawing its own inputs (the default call), nn.LSTM"
+        yield ratio_row(1, label, size_label(hidden, seq_len), f"fwd + grad, {ms(base)}", ratio, None)
+
+
+def hidden_rows(sizes: Sizes) -> Iterator[Row]:
+    """2. The hidden-state probe: at checkpoints against one fused pass; every step against an unrolled cell loop."""
+    for hidden, seq_len in (sizes.small, sizes.large):
+        model = build("nn.LSTM", sizes, hidden)
+        x = make_batch(sizes, seq_len)
+        variants = (
+            (
+                f"checkpoints={sizes.checkpoints}",
+                sizes.checkpoints,
+                "fused fwd + grad",
+                partial(forward_grad, model, x),
+            ),
+            ("every step", None, "unrolled nn.LSTMCell loop", partial(unrolled_state_grads, cell_of(model), x)),
+        )
+        for what, checkpoints, baseline_name, baseline in variants:
+            label = f'probe(measure="hidden"), {what}, nn.LSTM'
+            if "hidden" not in MEASURES:
+                yield Row(2, label, size_label(hidden, seq_len), baseline_name, "not available yet", "<= 1.50x", "-")
+                continue
+            candidate = partial(probe, model, seq_len, inputs=x, measure="hidden", checkpoints=checkpoints)
+            ratio, base = paired(candidate, baseline, sizes)
+            yield ratio_row(2, label, size_label(hidden, seq_len), f"{baseline_name}, {ms(base)}", ratio, 1.50)
+
+
+def check_rows(sizes: Sizes) -> Iterator[Row]:
+    """3. The assertions and the plugin's recording around a probe, against the probe alone."""
+    hidden, seq_len = sizes.small
+    model = build("nn.LSTM", sizes, hidden)
+    x = make_batch(sizes, seq_len)
+    alone = partial(probe, model, seq_len, inputs=x)
+    checks = {
+        "probe + recording": alone,
+        "assert_no_vanishing + recording": partial(
+            assert_no_vanishing, model, seq_len, min_ratio=alone().ratio / 2, inputs=x
+        ),
+        "assert_no_exploding + recording": partial(assert_no_exploding, model, seq_len, inputs=x),
+        "assert_finite_gradients + recording": partial(assert_finite_gradients, model, seq_len, inputs=x),
+    }
+    for label, check in checks.items():
+        ratio, base = paired(partial(with_recording, check), alone, sizes)
+        yield ratio_row(3, f"{label}, nn.LSTM", size_label(hidden, seq_len), f"probe alone, {ms(base)}", ratio, 1.05)
+
+
+SUITE_CONFTEST = f"""\
+import os
+import sys
+
+
+def pytest_collection_finish(session):
+    loaded = [name for name in {HEAVY_MODULES!r} if name in sys.modules]
+    with open(os.environ["GRADHEALTH_BENCH_MODULES"], "w") as report:
+        report.write(" ".join(loaded))
+"""
+
+
+def write_suite(root: Path, sizes: Sizes) -> None:
+    """A small suite that does not use the plugin, and a conftest that notes which heavy modules got imported."""
+    (root / "pytest.ini").write_text("[pytest]\n")
+    (root / "conftest.py").write_text(SUITE_CONFTEST)
+    tests = "".join(f"\n\ndef test_{i}():\n    assert {i} == {i}\n" for i in range(sizes.suite_tests))
+    for m in range(sizes.suite_modules):
+        (root / f"test_module_{m}.py").write_text(f'"""Generated."""{tests}')
+
+
+def collect(root: Path, plugin: bool) -> set[str]:
+    """`pytest --collect-only -q` of the suite in a fresh interpreter; the heavy modules it had imported."""
+    report = root / f"modules-{plugin}.txt"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env["GRADHEALTH_BENCH_MODULES"] = str(report)
+    command = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", str(root)]
+    subprocess.run(
+        [*command, *([] if plugin else ["-p", "no:gradhealth"])],
+        cwd=root,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return set(report.read_text().split())
+
+
+def startup_rows(sizes: Sizes) -> Iterator[Row]:
+    """4. pytest start-up with the plugin installed against -p no:gradhealth, and what the plugin imports."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        write_suite(root, sizes)
+        times = rounds([partial(collect, root, False), partial(collect, root, True)], 0.0, sizes.startup_runs, 1)
+        added = collect(root, True) - collect(root, False)
+    size = f"{sizes.suite_modules * sizes.suite_tests} tests"
+    baseline = f"-p no:gradhealth, {ms(statistics.median(t[0] for t in times))}"
+    yield ratio_row(4, "pytest --collect-only -q, plugin installed", size, baseline, median_ratio(times, 1, 0), 1.05)
+    imported = ", ".join(sorted(added)) or "none"
+    label = f"modules the plugin adds to that run ({', '.join(HEAVY_MODULES)})"
+    yield Row(4, label, size, "-p no:gradhealth", imported, "none", "yes" if not added else "NO")
+
+
+def memory_rows(sizes: Sizes) -> Iterator[Row]:
+    """5. Peak memory of the probe against the bare forward and backward."""
+    hidden, seq_len = sizes.large
+    x = make_batch(sizes, seq_len)
+    for kind in MODELS:
+        model = build(kind, sizes, hidden)
+        candidate, baseline = partial(probe, model, seq_len, inputs=x), partial(forward_grad, model, x)
+        candidate(), baseline()  # lazy one-time allocations happen outside the measurement
+        base = peak_bytes(baseline)
+        label = f"peak memory, probe, {kind}"
+        yield ratio_row(
+            5,
+            label,
+            size_label(hidden, seq_len),
+            f"fwd + grad, {base / 2**20:.3g} MiB",
+            peak_bytes(candidate) / base,
+            1.20,
+        )
+
+
+def scaling_rows(sizes: Sizes) -> Iterator[Row]:
+    """6. The probe's cost as the sequence grows 4x at a time (linear: a ratio near 4), beside the baseline's own."""
+    hidden, lens = sizes.scaling_hidden, sizes.scaling_seq_lens
+    model = build("nn.LSTM", sizes, hidden)
+    batches = [make_batch(sizes, seq_len) for seq_len in lens]
+    probes = [partial(probe, model, seq_len, inputs=x) for seq_len, x in zip(lens, batches, strict=True)]
+    times = rounds([*probes, *(partial(forward_grad, model, x) for x in batches)], *sizes.budget)
+    n = len(lens)
+    for i in range(1, n):
+        base = f"seq {lens[i - 1]}, {ms(statistics.median(t[i - 1] for t in times))}"
+        label = f"probe time, seq {lens[i]} / seq {lens[i - 1]}, nn.LSTM"
+        yield ratio_row(6, label, f"hidden {hidden}", base, median_ratio(times, i, i - 1), 4.40)
+    label = f"fwd + grad time, seq {lens[-1]} / seq {lens[-2]}, nn.LSTM (the baseline's own growth)"
+    yield ratio_row(6, label, f"hidden {hidden}", f"seq {lens[-2]}", median_ratio(times, 2 * n - 1, 2 * n - 2), None)
+
+
+SECTIONS = (probe_rows, hidden_rows, check_rows, startup_rows, memory_rows, scaling_rows)
+
+
+# -- the report --------------------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and single repeats: a smoke run")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
+    args = parser.parse_args()
+    sizes = QUICK if args.quick else DEFAULT
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    print("# pytest-gradhealth benchmarks\n")
+    print(f"- machine: {cpu_model()}, {os.cpu_count()} logical CPUs, {platform.system()}")
+    threads = f"{torch.get_num_threads()} threads (torch.set_num_threads)"
+    print(f"- torch {torch.__version__}, {threads}; Python {platform.python_version()}")
+    print(f"- command: python benchmarks/run.py {' '.join(sys.argv[1:])}".rstrip())
+    print(f"- batch {sizes.batch}, input size {sizes.input_size}; ratios of medians, sides warmed up and alternating")
+    if args.quick:
+        print("- --quick: tiny sizes, single repeats; the ratios and verdicts below mean nothing")
+    print()
+    print("| " + " | ".join(HEADER) + " |")
+    print("|" + "|".join("---" for _ in HEADER) + "|")
+    for section in SECTIONS:
+        for row in section(sizes):
+            print(row.markdown(), flush=True)
+    print(f"\ntotal: {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
