@@ -6,16 +6,19 @@ import contextlib
 import copy
 import platform
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from pytest_gradhealth import states
 from pytest_gradhealth.errors import (
     DisconnectedGradientError,
+    GradHealthError,
     InvalidArgumentError,
     InvalidArgumentTypeError,
     ModelForwardError,
@@ -24,7 +27,7 @@ from pytest_gradhealth.errors import (
 from pytest_gradhealth.profile import GradientProfile
 from pytest_gradhealth.recording import emit
 
-MEASURES = ("input",)
+MEASURES = ("input", *states.STATE_MEASURES)
 MODES = ("eval", "train")
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_SEED = 0
@@ -41,7 +44,7 @@ class ProbeOptions:
     input_size: int | None = None
     batch_size: int | None = None
     seed: int = DEFAULT_SEED
-    inputs: torch.Tensor | None = None
+    inputs: torch.Tensor | PackedSequence | None = None
     input_fn: InputFn | None = None
     vocab_size: int | None = None
     batch_first: bool = True
@@ -51,6 +54,12 @@ class ProbeOptions:
     mode: str = "eval"
     measure: str = "input"
     name: str | None = None
+    layer: int | None = None
+    module: str | nn.Module | None = None
+    cell: str | nn.Module | None = None
+    checkpoints: int | None = None
+    contributions: bool = False
+    lengths: Sequence[int] | torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         _check_int("seq_len", self.seq_len, minimum=2, fix="the probe needs at least two timesteps to compare")
@@ -68,7 +77,12 @@ class ProbeOptions:
                 raise InvalidArgumentTypeError(f"{label} must be callable, got {type(fn).__name__}")
         if self.inputs is not None and self.input_fn is not None:
             raise InvalidArgumentError("pass either inputs= or input_fn=, not both")
-        if self.inputs is not None:
+        if self.packed:
+            if self.lengths is not None:
+                raise InvalidArgumentError("a PackedSequence carries its own lengths; pass it or lengths=, not both")
+            padded, self.lengths = states.packed_as_padded(self.inputs, self.batch_first)  # type: ignore[arg-type]
+            self._check_inputs(padded)
+        elif self.inputs is not None:
             self._check_inputs(self.inputs)
         self.dtype = _as_dtype(self.dtype)
         self.device = _as_device(self.device)
@@ -78,6 +92,48 @@ class ProbeOptions:
             raise InvalidArgumentError(f"measure must be one of {', '.join(map(repr, MEASURES))}, got {self.measure!r}")
         if self.name is not None and not isinstance(self.name, str):
             raise InvalidArgumentTypeError(f"name must be a string, got {type(self.name).__name__}")
+        self._check_state_options()
+
+    def _check_state_options(self) -> None:
+        """`layer`, `module`, `cell`, `contributions` (state measures only), `checkpoints` and `lengths`."""
+        asked = [label for label in ("layer", "module", "cell") if getattr(self, label) is not None]
+        asked += ["contributions"] if self.contributions else []
+        if asked and self.measure not in states.STATE_MEASURES:
+            raise InvalidArgumentError(
+                f"{', '.join(f'{label}=' for label in asked)} only appl{'y' if len(asked) > 1 else 'ies'} to "
+                f"measure='hidden' or 'cell', not measure={self.measure!r}; pass measure='hidden' to measure the "
+                "recurrent states"
+            )
+        if self.layer is not None:
+            _check_int("layer", self.layer, minimum=0)
+        for label in ("module", "cell"):
+            value = getattr(self, label)
+            if value is not None and not isinstance(value, (str, nn.Module)):
+                raise InvalidArgumentTypeError(
+                    f"{label} must be an attribute path such as 'encoder.rnn' or the nn.Module itself, "
+                    f"got {type(value).__name__}"
+                )
+        if self.module is not None and self.cell is not None:
+            raise InvalidArgumentError("pass module= (an nn.RNN/LSTM/GRU) or cell= (a cell), not both")
+        if self.checkpoints is not None:
+            _check_int("checkpoints", self.checkpoints, minimum=2, fix="the first and the last step at least")
+            if self.checkpoints > self.seq_len:
+                raise InvalidArgumentError(
+                    f"checkpoints={self.checkpoints} is more than the {self.seq_len} timesteps; pass at most "
+                    f"{self.seq_len}, or checkpoints=None for every step"
+                )
+        if not isinstance(self.contributions, bool):
+            raise InvalidArgumentTypeError(f"contributions must be True or False, got {self.contributions!r}")
+        if self.lengths is not None:
+            given = None if self.inputs is None else self.inputs_batch
+            self.lengths = states.normalise_lengths(self.lengths, self.seq_len, self.batch_size or given)
+            if self.batch_size is None and given is None:
+                self.batch_size = len(self.lengths)
+            if self.contributions and len(set(self.lengths)) > 1:
+                raise InvalidArgumentError(
+                    "contributions=True sums each timestep's term over the batch, which needs samples of one length; "
+                    "probe a batch of equal lengths for contributions"
+                )
 
     def _check_inputs(self, inputs: Any) -> None:
         if not isinstance(inputs, torch.Tensor):
@@ -105,6 +161,22 @@ class ProbeOptions:
         return 1 if self.batch_first else 0
 
     @property
+    def packed(self) -> bool:
+        return isinstance(self.inputs, PackedSequence)
+
+    @property
+    def inputs_batch(self) -> int:
+        """The batch size of the given inputs."""
+        if self.packed:
+            return len(self.lengths)  # type: ignore[arg-type]
+        return self.inputs.shape[1 - self.time_axis]  # type: ignore[union-attr]
+
+    @property
+    def steps(self) -> np.ndarray:
+        """The measured timesteps: every one, or `checkpoints` evenly spaced ones with the first and the last."""
+        return states.measured_steps(self.seq_len, self.checkpoints)
+
+    @property
     def layout_name(self) -> str:
         return "(batch, seq, ...)" if self.batch_first else "(seq, batch, ...)"
 
@@ -121,7 +193,7 @@ def probe(
     input_size: int | None = None,
     batch_size: int | None = None,
     seed: int = DEFAULT_SEED,
-    inputs: torch.Tensor | None = None,
+    inputs: torch.Tensor | PackedSequence | None = None,
     input_fn: InputFn | None = None,
     vocab_size: int | None = None,
     batch_first: bool = True,
@@ -131,6 +203,12 @@ def probe(
     mode: str = "eval",
     measure: str = "input",
     name: str | None = None,
+    layer: int | None = None,
+    module: str | nn.Module | None = None,
+    cell: str | nn.Module | None = None,
+    checkpoints: int | None = None,
+    contributions: bool = False,
+    lengths: Sequence[int] | torch.Tensor | None = None,
 ) -> GradientProfile:
     """Run one BPTT pass and measure the gradient norm that a loss on the last output sends to each timestep.
 
@@ -139,6 +217,12 @@ def probe(
     measures at the model's `nn.Embedding` output). The default loss is sum over the batch of <v, y_T> with v a
     fixed random unit vector; `loss_fn(output)` replaces it. The model, its gradients and the global random state
     are left exactly as they were. `dtype`/`device` other than the model's probe a copy of it.
+
+    `measure="hidden"`/`"cell"` measure dL/dh_t / dL/dc_t of the recurrent states after each step t instead, in
+    `layer` (the top one by default) of the model's nn.RNN/LSTM/GRU (`module=` names it when there are several) or
+    at the outputs of a `cell=` called once per step; `contributions=True` adds each step's share of the recurrent
+    weights' gradient. `checkpoints=K` measures K evenly spaced steps. `lengths=` (or a PackedSequence input) marks
+    a padded batch: the loss is on each sample's last real step and norms are aligned by the lag from it.
     """
     options = ProbeOptions(
         seq_len=seq_len,
@@ -155,6 +239,12 @@ def probe(
         mode=mode,
         measure=measure,
         name=name,
+        layer=layer,
+        module=module,
+        cell=cell,
+        checkpoints=checkpoints,
+        contributions=contributions,
+        lengths=lengths,
     )
     return run_probe(model, options)
 
@@ -203,6 +293,7 @@ def measure_profile(model: nn.Module | Callable[..., Any], options: ProbeOptions
     input_size = None
     if vocab_size is None and options.inputs is None and options.input_fn is None:
         input_size = options.input_size or _infer_input_size(model)
+    target = states.find_target(model, options) if options.measure in states.STATE_MEASURES else None
 
     with _probe_context(model, options.mode, device, options.seed) as guarded:
         run_model = _prepared_model(guarded, dtype, device, model_dtype, model_device)
@@ -217,23 +308,34 @@ def measure_profile(model: nn.Module | Callable[..., Any], options: ProbeOptions
                 f"gradient, but {_model_name(model)} has none; give float inputs instead"
             )
         with contextlib.ExitStack() as stack:
+            if target is not None:
+                recorder = states.record_states(target, run_model, options, stack)
             if tokens:
                 captured = _capture_embedding_outputs(embedding, stack)  # type: ignore[arg-type]
             else:
                 x.requires_grad_(True)
             output = _forward(run_model, x, options)
             loss = _loss(output, options, generator, batch)
-            if tokens:
+            if target is not None:
+                measured = recorder.measured()
+            elif tokens:
                 measured = _embedding_steps(captured, options, batch)
             else:
                 measured = [x]
             grads = _gradients(loss, measured, model)
-        norms, sample_norms = _step_norms(grads, options)
+        if target is None:
+            norms, sample_norms = _step_norms(grads, options)
+            contributions = None
+        else:
+            result = recorder.result(grads)
+            norms, sample_norms = states.batch_rms(result.squares, result.valid)
+            contributions = result.contributions
 
     profile = GradientProfile(
         norms=norms,
         sample_norms=sample_norms,
         seq_len=options.seq_len,
+        steps=options.steps,
         name=options.name or _model_name(model),
         model=_model_name(model),
         batch_size=batch,
@@ -245,7 +347,9 @@ def measure_profile(model: nn.Module | Callable[..., Any], options: ProbeOptions
         inputs="tokens" if tokens else "float",
         input_size=int(embedding.embedding_dim if embedding is not None else x.shape[-1]),
         hidden_size=_hidden_size(model),
+        layer=None if target is None else target.layer,
         versions=_versions(),
+        contributions=contributions,
     )
     _check_connected(profile, model)
     return profile
@@ -397,7 +501,9 @@ def _make_inputs(
     device: torch.device,
 ) -> torch.Tensor:
     batch = options.batch_size or DEFAULT_BATCH_SIZE
-    if options.inputs is not None:
+    if options.packed:
+        x = states.packed_as_padded(options.inputs, options.batch_first)[0]  # type: ignore[arg-type]
+    elif options.inputs is not None:
         x = options.inputs.detach().clone()
     elif options.input_fn is not None:
         x = options.input_fn(batch, options.seq_len, generator)
@@ -410,6 +516,8 @@ def _make_inputs(
     else:
         assert input_size is not None
         x = torch.randn(options.shape(batch, input_size), generator=generator, dtype=torch.float64)
+    if options.lengths is not None and options.inputs is None and options.input_fn is None:
+        x = states.zero_padding(x, options)
     if x.is_floating_point():
         return x.to(device=device, dtype=dtype)
     return x.to(device=device)
@@ -420,7 +528,11 @@ _SHAPE_WORDS = re.compile(r"size|shape|dimension|dim\b|mat1|expected .*input|ind
 
 def _forward(model: Any, x: torch.Tensor, options: ProbeOptions) -> Any:
     try:
+        if options.packed:
+            return model(pack_padded_sequence(x, options.lengths, options.batch_first, enforce_sorted=False))
         return model(x)
+    except GradHealthError:
+        raise
     except (RuntimeError, ValueError, IndexError, TypeError) as exc:
         given = f"{'token' if not x.is_floating_point() else 'float'} input of shape {tuple(x.shape)}, {x.dtype}"
         if _SHAPE_WORDS.search(str(exc)):
@@ -437,7 +549,7 @@ def _forward(model: Any, x: torch.Tensor, options: ProbeOptions) -> Any:
 
 
 def _first_tensor(output: Any) -> Any:
-    while isinstance(output, (tuple, list)) and output:
+    while isinstance(output, (tuple, list)) and not isinstance(output, PackedSequence) and output:
         output = output[0]
     return output
 
@@ -450,6 +562,8 @@ def _loss(output: Any, options: ProbeOptions, generator: torch.Generator, batch:
             raise InvalidArgumentError(f"loss_fn must return a floating scalar tensor, got {shown}")
         return loss.reshape(())
     y = _first_tensor(output)
+    if isinstance(y, PackedSequence):
+        y = pad_packed_sequence(y, batch_first=options.batch_first)[0]
     if not isinstance(y, torch.Tensor):
         raise ModelInterfaceError(
             f"the model returned {type(y).__name__}; the probe expects a tensor (batch, seq, features) or "
@@ -466,7 +580,7 @@ def _loss(output: Any, options: ProbeOptions, generator: torch.Generator, batch:
             "or (batch, features); pass loss_fn= to define the loss yourself"
         )
     if y.dim() >= 3:
-        y = y[:, -1] if options.batch_first else y[-1]
+        y = states.last_steps(y, options)
     y = y.reshape(y.shape[0], -1)
     if y.shape[0] != batch:
         raise ModelInterfaceError(
@@ -527,8 +641,7 @@ def _step_norms(grads: list[torch.Tensor], options: ProbeOptions) -> tuple[np.nd
         squares = g.reshape(g.shape[0], g.shape[1], -1).pow(2).sum(-1)  # (batch, seq)
     else:
         squares = torch.stack([g.detach().to(torch.float64).reshape(g.shape[0], -1).pow(2).sum(-1) for g in grads], 1)
-    squares = squares.cpu().numpy()
-    return np.sqrt(squares.mean(axis=0)), np.sqrt(squares)
+    return states.batch_rms(*states.by_lag(squares.cpu().numpy(), np.arange(options.seq_len), options))
 
 
 def _check_connected(profile: GradientProfile, model: Any) -> None:

@@ -122,6 +122,18 @@ def build(kind: str, layers: int, batch_first: bool, extras: bool) -> tuple[nn.M
     return cls(4, 8, num_layers=layers, batch_first=batch_first), {"batch_first": batch_first}
 
 
+def measure_options(kind: str, measure: str, checkpoints: int | None, contributions: bool, padded: bool) -> dict:
+    """The measure, checkpoints, contributions and lengths of the property space that fit a model of `kind`."""
+    if measure == "cell" and kind not in ("lstm", "cell"):
+        measure = "hidden"  # only an LSTM has a cell state
+    options = {"measure": measure, "checkpoints": checkpoints}
+    if padded:
+        options["lengths"] = [6, 4, 5]
+    elif contributions and measure != "input":
+        options["contributions"] = True
+    return options
+
+
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     kind=st.sampled_from(["rnn", "lstm", "gru", "token", "cell"]),
@@ -133,12 +145,29 @@ def build(kind: str, layers: int, batch_first: bool, extras: bool) -> tuple[nn.M
     model_training=st.booleans(),
     with_grads=st.booleans(),
     seed=st.integers(0, 2**31 - 1),
+    measure=st.sampled_from(["input", "hidden", "cell"]),
+    checkpoints=st.sampled_from([None, 2, 4]),
+    contributions=st.booleans(),
+    padded=st.booleans(),
 )
 def test_guarantees_hold_across_models_and_options(
-    kind, layers, batch_first, extras, dtype, mode, model_training, with_grads, seed
+    kind,
+    layers,
+    batch_first,
+    extras,
+    dtype,
+    mode,
+    model_training,
+    with_grads,
+    seed,
+    measure,
+    checkpoints,
+    contributions,
+    padded,
 ):
     torch.manual_seed(seed % 1000)
     model, options = build(kind, layers, batch_first, extras)
+    options.update(measure_options(kind, measure, checkpoints, contributions, padded))
     model.train(model_training)
     if with_grads:
         for p in list(model.parameters())[::2]:
@@ -147,6 +176,8 @@ def test_guarantees_hold_across_models_and_options(
     first = probe(model, 6, batch_size=3, seed=seed, dtype=dtype, mode=mode, **options)
     assert_same_state(before, model_state(model))
     assert torch.equal(rng, rng_state())
+    assert not any("forward" in vars(m) for m in model.modules()), "a replaced forward was left on the model"
     second = probe(model, 6, batch_size=3, seed=seed, dtype=dtype, mode=mode, **options)
     np.testing.assert_array_equal(first.norms, second.norms)
-    assert first.norms.shape == (6,) and np.isfinite(first.norms).all()
+    np.testing.assert_array_equal(first.sample_norms, second.sample_norms)
+    assert first.norms.shape == (checkpoints or 6,) and np.isfinite(first.norms).all()
