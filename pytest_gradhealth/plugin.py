@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_gradhealth.errors import InvalidArgumentError, ReportFormatError
+from pytest_gradhealth.report import PLOT_FORMATS
 from pytest_gradhealth.report.gate import parse_fail_rule
 from pytest_gradhealth.session import RECORD_NAME, GradHealthSession, ReportOptions
 from pytest_gradhealth.settings import HELP, MARKER_OPTIONS, Settings
@@ -50,6 +51,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="append",
         default=[],
         help="fail the session when a probe regressed past EXPR: ratio:10x, half_life:20%%, horizon:5 (repeatable)",
+    )
+    group.addoption(
+        "--gradhealth-plots",
+        metavar="DIR",
+        help="write a figure per probe and an overview of them all to DIR (needs the extra pytest-gradhealth[plot])",
+    )
+    group.addoption(
+        "--gradhealth-plots-format",
+        choices=PLOT_FORMATS,
+        default=None,
+        help="file format of --gradhealth-plots: png (default) or svg",
     )
     group.addoption(
         "--gradhealth-create-missing",
@@ -93,6 +105,8 @@ def _report_options(config: pytest.Config) -> ReportOptions:
         fail_rules=[parse_fail_rule(text) for text in config.getoption("gradhealth_compare_fail")],
         create_missing=config.getoption("gradhealth_create_missing"),
         references=config.getoption("gradhealth_references"),
+        plots_dir=_path(config, "gradhealth_plots"),
+        plots_format=config.getoption("gradhealth_plots_format") or PLOT_FORMATS[0],
     )
     if options.save_path and options.save_path.exists() and not options.overwrite:
         raise InvalidArgumentError(
@@ -101,6 +115,10 @@ def _report_options(config: pytest.Config) -> ReportOptions:
         )
     if options.fail_rules and not options.compare_path:
         raise InvalidArgumentError("--gradhealth-compare-fail needs --gradhealth-compare=BASELINE to compare with")
+    if config.getoption("gradhealth_plots_format") and not options.plots_dir:
+        raise InvalidArgumentError("--gradhealth-plots-format needs --gradhealth-plots=DIR to write the plots to")
+    if options.plots_dir and options.plots_dir.exists() and not options.plots_dir.is_dir():
+        raise InvalidArgumentError(f"--gradhealth-plots: {options.plots_dir} is a file, not a folder to write plots in")
     if options.compare_path:
         if options.compare_path.exists():
             from pytest_gradhealth.report.export import load_report

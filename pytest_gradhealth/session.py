@@ -1,17 +1,20 @@
 """The controller's side of the plugin: collects the records that travel on test reports, then renders, exports,
-saves and compares them at the end of the session. Registered only when a --gradhealth* report option is given,
+saves, compares and plots them at the end of the session. Registered only when a --gradhealth* report option is given,
 and never on an xdist worker."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from pytest_gradhealth.report.gate import FailRule
 from pytest_gradhealth.settings import Settings
+
+if TYPE_CHECKING:
+    from pytest_gradhealth.report.records import ProbeRecord
 
 RECORD_NAME = "gradhealth"  # the user_properties name under which each measured profile travels
 
@@ -28,10 +31,12 @@ class ReportOptions:
     fail_rules: list[FailRule] = field(default_factory=list)
     create_missing: bool = False
     references: bool = False
+    plots_dir: Path | None = None
+    plots_format: str = "png"
 
     @property
     def active(self) -> bool:
-        return bool(self.table or self.json_path or self.save_path or self.compare_path)
+        return bool(self.table or self.json_path or self.save_path or self.compare_path or self.plots_dir)
 
 
 class GradHealthSession:
@@ -84,11 +89,10 @@ class GradHealthSession:
             baseline = export.load_report(compare_path)
             rows = compare(baseline.records, records, self.options.fail_rules)
             self.lines += text.render_comparison(rows, str(compare_path), width=width, color=color)
-            broken = [row for row in rows if row.broken]
-            if broken:
+            regressions = text.regression_line(rows)
+            if regressions:
                 self.regressed = True
-                rules = ", ".join(sorted({str(rule) for row in broken for rule in row.broken}))
-                self.lines.append(f"gradhealth: {len(broken)} probe(s) regressed past {rules}: failing the session")
+                self.lines.append(f"{regressions}: failing the session")
                 if session.exitstatus == pytest.ExitCode.OK:
                     session.exitstatus = pytest.ExitCode.TESTS_FAILED
         elif compare_path:  # missing, and --gradhealth-create-missing was given (checked at start-up)
@@ -97,6 +101,20 @@ class GradHealthSession:
         if self.options.save_path:
             export.write_json(self.options.save_path, report)
             self.lines.append(f"gradhealth: baseline saved to {self.options.save_path}")
+        if self.options.plots_dir:
+            self.lines.append(self._write_plots(records, references, self.options.plots_dir))
+
+    def _write_plots(self, records: list[ProbeRecord], references: list[ProbeRecord], folder: Path) -> str:
+        """Writes the figures; without matplotlib, says so in one line and leaves the session's outcome alone."""
+        from pytest_gradhealth.report import plots
+
+        try:
+            files = plots.write_plots(records, references, folder, self.options.plots_format)
+        except plots.MatplotlibMissingError as exc:
+            return f"gradhealth: no plots written to {folder}: {exc}"
+        if not files:
+            return f"gradhealth: no probes were measured: no plots written to {folder}"
+        return f"gradhealth: {len(files)} plots written to {folder} (one per probe and an overview)"
 
     @pytest.hookimpl
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:

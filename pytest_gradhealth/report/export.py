@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_gradhealth.errors import ReportFormatError
-from pytest_gradhealth.report.records import ProbeRecord
+from pytest_gradhealth.report.records import ProbeRecord, report_order
 
 REPORT_SCHEMA = 1
 TOOL = "pytest-gradhealth"
@@ -70,7 +70,7 @@ def build_report(
             "git_commit": git_commit(folder),
         },
         "settings": dict(settings),
-        "probes": [r.to_dict() for r in sorted(records, key=lambda r: (r.test, r.probe))],
+        "probes": [r.to_dict() for r in sorted(records, key=report_order)],
         "references": [r.to_dict() for r in references],
     }
 

@@ -36,25 +36,22 @@ class FailRule:
         return new < old - self.amount
 
 
-def parse_fail_rule(text: str) -> FailRule:
-    """Parse `metric:amount[x|%]`; the error lists the forms that are accepted."""
+def parse_fail_rule(text: str, option: str = "--gradhealth-compare-fail") -> FailRule:
+    """Parse `metric:amount[x|%]`; the error names the `option` it came from and lists the accepted forms."""
     forms = (
         "ratio:10x (ratio fell by more than a factor of 10), half_life:20% (by more than 20%), "
         "horizon:5 (by more than 5 steps)"
     )
     match = _RULE.match(text.strip().lower())
     if not match or match["metric"] not in METRICS:
-        raise InvalidArgumentError(
-            f"--gradhealth-compare-fail: cannot read {text!r}; expected METRIC:AMOUNT such as {forms}"
-        )
+        raise InvalidArgumentError(f"{option}: cannot read {text!r}; expected METRIC:AMOUNT such as {forms}")
     metric, amount, unit = match["metric"], float(match["amount"]), match["unit"] or ""
     if metric == "ratio" and unit != "x":
         raise InvalidArgumentError(
-            f"--gradhealth-compare-fail: {text!r}: ratios span orders of magnitude, give a factor such as ratio:10x"
+            f"{option}: {text!r}: ratios span orders of magnitude, give a factor such as ratio:10x"
         )
     if (unit == "x" and amount <= 1) or (unit == "%" and not 0 < amount < 100) or amount <= 0:
         raise InvalidArgumentError(
-            f"--gradhealth-compare-fail: {text!r}: a factor must be > 1, a percentage between 0 and 100, "
-            "and a step count > 0"
+            f"{option}: {text!r}: a factor must be > 1, a percentage between 0 and 100, and a step count > 0"
         )
     return FailRule(metric, amount, unit)

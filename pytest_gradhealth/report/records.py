@@ -56,6 +56,11 @@ class ProbeRecord:
         return cls(str(data["test"]), str(data["probe"]), profile, data["verdict"], data.get("check"))
 
 
+def report_order(record: ProbeRecord) -> tuple[str, str]:
+    """The order of probes in a report and its plots: by test id, then by probe name."""
+    return (record.test, record.probe)
+
+
 def worst_first(records: list[ProbeRecord]) -> list[ProbeRecord]:
     """Sorted by verdict severity, then by how little gradient reaches the first step; ties keep their order."""
 

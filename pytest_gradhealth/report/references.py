@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pytest_gradhealth import reference
 from pytest_gradhealth.assertions import judge
 from pytest_gradhealth.probing import ProbeOptions, measure_profile
+from pytest_gradhealth.profile import GradientProfile
 from pytest_gradhealth.report.records import ProbeRecord
 
 REFERENCES = (
@@ -16,17 +17,20 @@ REFERENCES = (
 )
 
 
+def reference_key(p: GradientProfile) -> tuple:
+    """What a reference shares with the probes it stands beside: sizes, seq_len and the probe's options."""
+    return (p.input_size, p.hidden_size, p.seq_len, p.batch_size, p.seed, p.dtype, p.device, p.measure, p.mode)
+
+
 def measure_references(records: Sequence[ProbeRecord], min_ratio: float, max_ratio: float) -> list[ProbeRecord]:
-    """For every distinct (input size, hidden size, seq_len, batch, seed, dtype, device, measure, mode) among the
-    records, the reference RNN and LSTMs of those sizes, probed with those options."""
+    """For every distinct `reference_key` among the records, the reference RNN and LSTMs of those sizes, probed with
+    those options."""
     seen: dict[tuple, None] = {}
     for record in records:
         p = record.profile
         if p.input_size is None or p.hidden_size is None:
             continue  # a model without a recurrent module has no reference of the same size
-        seen[(p.input_size, p.hidden_size, p.seq_len, p.batch_size, p.seed, p.dtype, p.device, p.measure, p.mode)] = (
-            None
-        )
+        seen[reference_key(p)] = None
     result = []
     for input_size, hidden, seq_len, batch, seed, dtype, device, measure, mode in seen:
         options = ProbeOptions(

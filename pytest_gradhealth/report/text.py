@@ -145,3 +145,12 @@ def render_comparison(rows: Sequence[Comparison], baseline: str, *, width: int =
     if max(len(_ANSI.sub("", line)) for line in flat) <= width:
         return [*lines, *flat]
     return [*lines, *_table(table, headers[1:], grouped=True)]
+
+
+def regression_line(rows: Sequence[Comparison]) -> str | None:
+    """The line that says how many probes regressed past which rules, or None when none did."""
+    broken = [row for row in rows if row.broken]
+    if not broken:
+        return None
+    rules = ", ".join(sorted({str(rule) for row in broken for rule in row.broken}))
+    return f"gradhealth: {len(broken)} probe(s) regressed past {rules}"

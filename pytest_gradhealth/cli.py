@@ -1,0 +1,399 @@
+"""`gradhealth`: probe a model, show, compare and plot saved reports, from the command line.
+
+The commands reuse the plugin's pieces: the settings' parsers, the report renderers, the JSON report, the comparison
+and its fail rules, the reference models and the plots. A table, a file and an exit status mean the same from either.
+Modules that load torch are imported by the command that needs them, so `--help` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import shutil
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from pytest_gradhealth import __version__
+from pytest_gradhealth.errors import DisconnectedGradientError, GradHealthError, InvalidArgumentError
+from pytest_gradhealth.report import PLOT_FORMATS
+from pytest_gradhealth.report.gate import parse_fail_rule
+from pytest_gradhealth.settings import HELP, MARKER_OPTIONS, SETTINGS, Settings
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from pytest_gradhealth.profile import GradientProfile
+    from pytest_gradhealth.recording import Observer
+    from pytest_gradhealth.report.records import ProbeRecord
+
+EXIT_OK, EXIT_REGRESSED, EXIT_USAGE = 0, 1, 2
+# `Settings` fields, with their help from the plugin's options: flag -> metavar
+SETTING_FLAGS = {
+    "batch_size": "N",
+    "seed": "N",
+    "dtype": "DTYPE",
+    "device": "DEVICE",
+    "min_ratio": "R",
+    "max_ratio": "R",
+}
+OPTION_FLAGS = {  # probe options, parsed as the gradhealth marker parses them: flag -> (metavar, help)
+    "measure": (
+        "WHERE",
+        "where the gradient is measured: input (dL/dx_t, default), hidden (dL/dh_t) or cell (dL/dc_t)",
+    ),
+    "mode": ("MODE", "eval (default) or train: dropout active, seeded"),
+    "input_size": ("N", "feature size of the random inputs (default: read from the model's first recurrent layer)"),
+    "vocab_size": ("N", "token models: draw integer tokens below N (default: read from the model's nn.Embedding)"),
+}
+
+MAIN_EPILOG = """\
+examples:
+  gradhealth probe models.py:build_lstm --seq-len 50 100 200 --references
+  gradhealth show gradhealth-report.json
+  gradhealth compare baseline.json report.json --fail ratio:10x --fail horizon:5
+  gradhealth plot report.json --out plots/
+
+Run `gradhealth COMMAND --help` for a command's options. Exit status: 0 success, 1 a probe regressed past a
+--fail threshold (compare), 2 bad arguments or input.
+"""
+PROBE_EPILOG = """\
+MODULE is a dotted module importable from the current folder (models, mypkg.models) or a path to a .py file
+(path/to/models.py). FACTORY is a callable that takes no arguments and returns a torch.nn.Module (a function or an
+nn.Module class), or a module attribute that is an nn.Module. Several factories and lengths probe every pair.
+
+examples:
+  gradhealth probe models:build_lstm --seq-len 100
+  gradhealth probe path/to/models.py:TokenLSTM --seq-len 50 100 200 --references --json report.json
+  gradhealth probe models:rnn models:lstm --seq-len 100 --dtype float64 --plot rnn-vs-lstm.png
+  gradhealth probe models:build_lstm --seq-len 100 --measure cell --batch-size 16 --seed 1
+"""
+SHOW_EPILOG = """\
+examples:
+  gradhealth show gradhealth-report.json         # written by pytest --gradhealth-json or gradhealth probe --json
+  gradhealth show -q baseline.json               # only the probes that are not ok
+"""
+COMPARE_EPILOG = """\
+Probes are matched by test id and probe name. A --fail rule is METRIC:AMOUNT: ratio:10x (the ratio fell by more
+than a factor of 10), half_life:20% (fell by more than 20%), horizon:5 (fell by more than 5 steps). The exit status
+is 1 when a probe crossed a rule, 0 otherwise: usable as a CI gate.
+
+examples:
+  gradhealth compare baseline.json report.json
+  gradhealth compare baseline.json report.json --fail ratio:10x --fail horizon:5
+"""
+PLOT_EPILOG = """\
+Writes one figure per probe (an LSTM's hidden and cell state measured in one test share a figure) and overview.FMT
+comparing every probe, each relative to its last step's gradient. Needs matplotlib:
+pip install "pytest-gradhealth[plot]".
+
+examples:
+  gradhealth plot gradhealth-report.json --out plots/
+  gradhealth plot gradhealth-report.json --out plots/ --format svg
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser that reports a bad argument in one line, `gradhealth: error: ...`, and exits with 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"gradhealth: error: {message} (see: {self.prog} --help)\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one `gradhealth` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.command(args)
+    except (GradHealthError, OSError) as exc:
+        print(f"gradhealth: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="gradhealth",
+        description="Measure how far the gradient of a recurrent PyTorch model reaches back in time, and show,\n"
+        "compare and plot the reports that pytest --gradhealth-json and gradhealth probe --json write.",
+        epilog=MAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    table = _Parser(add_help=False)
+    table.add_argument("-v", "--verbose", action="count", default=0, help="more columns: model, measure, dtype, batch")
+    table.add_argument("-q", "--quiet", action="count", default=0, help="list only the probes that are not ok")
+
+    def command(name: str, run: Callable[[argparse.Namespace], int], summary: str, epilog: str, **kw: Any) -> Any:
+        sub = commands.add_parser(
+            name,
+            help=summary,
+            description=summary,
+            epilog=epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            **kw,
+        )
+        sub.set_defaults(command=run)
+        return sub
+
+    probe = command(
+        "probe",
+        _probe,
+        "Probe the model a factory builds at one or more sequence lengths and print the report table.",
+        PROBE_EPILOG,
+        parents=[table],
+    )
+    probe.add_argument("factories", nargs="+", metavar="MODULE:FACTORY", help="what builds the model (see below)")
+    probe.add_argument(
+        "--seq-len", nargs="+", required=True, type=_parser("seq_len", SETTINGS), metavar="N", help="lengths to probe"
+    )
+    output = probe.add_argument_group("outputs besides the table")
+    output.add_argument(
+        "--references",
+        action="store_true",
+        help="also probe the reference tanh RNN and LSTMs of the model's input and hidden size, the same way",
+    )
+    output.add_argument("--json", type=Path, metavar="FILE", help="write the report as JSON (gradhealth show reads it)")
+    output.add_argument(
+        "--plot", type=Path, metavar="FILE", help="draw the probe to FILE (.png or .svg); several probes: an overview"
+    )
+    options = probe.add_argument_group("how to probe (the pytest plugin's --gradhealth-* settings)")
+    for key, metavar in SETTING_FLAGS.items():
+        options.add_argument(_flag(key), type=_parser(key, SETTINGS), metavar=metavar, help=HELP[key])
+    for key, (metavar, text) in OPTION_FLAGS.items():
+        options.add_argument(_flag(key), type=_parser(key, MARKER_OPTIONS), metavar=metavar, help=text)
+
+    show = command("show", _show, "Print the report table of a saved JSON report.", SHOW_EPILOG, parents=[table])
+    show.add_argument(
+        "report",
+        type=Path,
+        metavar="REPORT.json",
+        help="written by pytest --gradhealth-json or gradhealth probe --json",
+    )
+
+    compare = command(
+        "compare", _compare, "Compare a report with a baseline, probe by probe, and gate on thresholds.", COMPARE_EPILOG
+    )
+    compare.add_argument("baseline", type=Path, metavar="BASELINE.json", help="the report to compare with")
+    compare.add_argument("report", type=Path, metavar="REPORT.json", help="the new report")
+    compare.add_argument(
+        "--fail", action="append", default=[], metavar="EXPR", help="exit 1 when a probe regressed past EXPR"
+    )
+
+    plot = command("plot", _plot, "Draw the figures of a saved JSON report.", PLOT_EPILOG)
+    plot.add_argument(
+        "report",
+        type=Path,
+        metavar="REPORT.json",
+        help="written by pytest --gradhealth-json or gradhealth probe --json",
+    )
+    plot.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder to write the figures to")
+    plot.add_argument("--format", choices=PLOT_FORMATS, default=PLOT_FORMATS[0], help="file format (default png)")
+    return parser
+
+
+def _flag(key: str) -> str:
+    return f"--{key.replace('_', '-')}"
+
+
+def _parser(key: str, table: dict[str, tuple[str, Callable[[Any], Any]]]) -> Callable[[str], Any]:
+    """An argparse type from the plugin's parser of the same setting, with its wording on a bad value."""
+    expected, parse = table[key]
+
+    def convert(raw: str) -> Any:
+        try:
+            return parse(raw)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"must be {expected}, got {raw!r}") from None
+
+    return convert
+
+
+# -- the commands --------------------------------------------------------------------------------------------
+
+
+def _probe(args: argparse.Namespace) -> int:
+    settings = Settings(
+        **{key: getattr(args, key) for key in SETTING_FLAGS if getattr(args, key) is not None},
+        options={key: getattr(args, key) for key in OPTION_FLAGS if getattr(args, key) is not None},
+    )
+    models = {spec: load_model(spec) for spec in args.factories}  # every factory, before any probe runs
+    from pytest_gradhealth.probing import make_options, run_probe  # torch: after the checks that need none
+    from pytest_gradhealth.recording import observe
+    from pytest_gradhealth.report import plots
+
+    if args.plot is not None:
+        plots.plot_format(args.plot)
+        plots.require_matplotlib()
+
+    records: list[ProbeRecord] = []
+    for spec, model in models.items():
+        with observe(_recorder(records, spec, settings)):
+            for seq_len in args.seq_len:
+                try:
+                    run_probe(model, make_options(seq_len, settings.probe_options()))
+                except DisconnectedGradientError:
+                    pass  # recorded with the verdict "disconnected", as in a test
+    references = []
+    if args.references:
+        from pytest_gradhealth.report.references import measure_references
+
+        references = measure_references(records, settings.min_ratio, settings.max_ratio)
+    _print_tables(records, references, args)
+    if args.references and not references:
+        print("gradhealth: no reference models: they copy the sizes of an nn.RNN/LSTM/GRU, and the model has none")
+    if args.json is not None:
+        from pytest_gradhealth.report import export
+
+        limits = {"min_ratio": settings.min_ratio, "max_ratio": settings.max_ratio}
+        export.write_json(args.json, export.build_report(records, references, limits, Path.cwd()))
+        print(f"gradhealth: report written to {args.json}")
+    if args.plot is not None:
+        groups = plots.figure_groups(records)
+        one = len(groups) == 1
+        plots.save_figure(
+            plots.probe_figure(groups[0], references) if one else plots.overview_figure(records, references), args.plot
+        )
+        print(f"gradhealth: plot written to {args.plot}")
+    return EXIT_OK
+
+
+def _recorder(records: list[ProbeRecord], spec: str, settings: Settings) -> Observer:
+    """Records each probe as the plugin does, with the factory as its test and the length in its name."""
+    from pytest_gradhealth.report.records import ProbeRecord
+
+    def record(profile: GradientProfile, check: dict[str, Any] | None) -> None:
+        raw = {"probe": f"{profile.name} seq_len={profile.seq_len}", "profile": profile.to_dict(), "check": check}
+        records.append(ProbeRecord.from_raw(spec, raw, settings.min_ratio, settings.max_ratio))
+
+    return record
+
+
+def _show(args: argparse.Namespace) -> int:
+    from pytest_gradhealth.report.export import load_report
+
+    report = load_report(args.report)
+    _print_tables(report.records, report.references, args)
+    return EXIT_OK
+
+
+def _compare(args: argparse.Namespace) -> int:
+    rules = [parse_fail_rule(text, "--fail") for text in args.fail]
+    from pytest_gradhealth.report.baseline import compare
+    from pytest_gradhealth.report.export import load_report
+    from pytest_gradhealth.report.text import regression_line, render_comparison
+
+    baseline, report = load_report(args.baseline), load_report(args.report)
+    rows = compare(baseline.records, report.records, rules)
+    width, color = _terminal()
+    _print(render_comparison(rows, str(args.baseline), width=width, color=color))
+    regressions = regression_line(rows)
+    if regressions:
+        print(regressions)
+        return EXIT_REGRESSED
+    return EXIT_OK
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from pytest_gradhealth.report import plots
+    from pytest_gradhealth.report.export import load_report
+
+    plots.require_matplotlib()
+    report = load_report(args.report)
+    if not report.records:
+        print(f"gradhealth: {args.report} holds no probes: nothing to plot")
+    _print(str(path) for path in plots.write_plots(report.records, report.references, args.out, args.format))
+    return EXIT_OK
+
+
+# -- shared pieces -------------------------------------------------------------------------------------------
+
+
+def load_model(spec: str) -> nn.Module:
+    """The model that `MODULE:FACTORY` names; every problem is an `InvalidArgumentError` that says what to give."""
+    module_name, _, attribute = spec.rpartition(":")
+    if not module_name or not attribute:
+        raise InvalidArgumentError(
+            f"{spec!r}: expected MODULE:FACTORY, such as models:build_lstm or path/to/models.py:build_lstm"
+        )
+    target: Any = _import(module_name)
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise InvalidArgumentError(f"{spec}: {module_name} has no attribute {attribute!r}") from None
+    from torch import nn
+
+    if isinstance(target, nn.Module):
+        return target
+    if not callable(target):
+        raise InvalidArgumentError(
+            f"{spec}: {attribute} is a value of type {type(target).__name__}, not a factory: give a callable that "
+            "returns a torch.nn.Module, or an nn.Module"
+        )
+    try:
+        model = target()
+    except Exception as exc:  # the user's code: any failure is reported in one line, not a traceback
+        raise InvalidArgumentError(f"{spec}: calling {attribute}() raised {type(exc).__name__}: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise InvalidArgumentError(
+            f"{spec}: {attribute}() returned a value of type {type(model).__name__}, not a torch.nn.Module"
+        )
+    return model
+
+
+def _import(name: str) -> ModuleType:
+    """A module by dotted name (importable from the current folder) or by the path of its .py file."""
+    try:
+        if name.endswith(".py") or "/" in name or os.sep in name:
+            return _import_file(Path(name))
+        if os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        return importlib.import_module(name)
+    except GradHealthError:
+        raise
+    except Exception as exc:  # not found, or the user's module failed as it ran
+        missing = getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None
+        if missing is not None and (name == missing or name.startswith(f"{missing}.")):
+            raise InvalidArgumentError(
+                f"no module named {missing!r}: give a module importable from the current folder ({os.getcwd()}) "
+                "or the path of a .py file"
+            ) from None
+        raise InvalidArgumentError(f"importing {name} failed: {type(exc).__name__}: {exc}") from None
+
+
+def _import_file(path: Path) -> ModuleType:
+    """Run a .py file as a module named after it; its folder goes on sys.path, as when it runs as a script."""
+    if not path.is_file():
+        raise InvalidArgumentError(f"{path}: no such file")
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    if spec is None or spec.loader is None:
+        raise InvalidArgumentError(f"{path}: not a Python file that can be imported")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(path.resolve().parent))
+    sys.modules[path.stem] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _print_tables(records: Sequence[ProbeRecord], references: Sequence[ProbeRecord], args: argparse.Namespace) -> None:
+    """The report table and the references, as the plugin prints them at the end of a session."""
+    from pytest_gradhealth.report.text import render_references, render_table
+
+    width, color = _terminal()
+    _print(render_table(records, width=width, verbosity=args.verbose - args.quiet, color=color))
+    _print(render_references(references, width=width))
+
+
+def _terminal() -> tuple[int, bool]:
+    """Width of the terminal (or $COLUMNS) and whether to colour: only a terminal, and not under $NO_COLOR."""
+    return shutil.get_terminal_size().columns, sys.stdout.isatty() and "NO_COLOR" not in os.environ
+
+
+def _print(lines: Iterable[str]) -> None:
+    for line in lines:
+        print(line)
