@@ -452,7 +452,8 @@ def _probe_context(model: Any, mode: str, device: torch.device, seed: int) -> It
     buffers = [(b, b.detach().clone()) for m in modules for b in m.buffers(recurse=False)]
     cudnn_off = device.type == "cuda" and mode == "eval"  # cuDNN's RNN backward refuses to run in eval mode
     try:
-        with torch.random.fork_rng(devices=cuda_devices), torch.backends.cudnn.flags(enabled=not cudnn_off):
+        cudnn = torch.backends.cudnn.flags(enabled=False) if cudnn_off else contextlib.nullcontext()
+        with torch.random.fork_rng(devices=cuda_devices), cudnn:
             # Dropout in train mode draws from the global generators. Seed only those fork_rng restores:
             # torch.manual_seed would also queue a seed that a not yet initialised CUDA applies after the probe
             # (and capture a stack trace to do so, a large share of a small probe's cost).
@@ -635,10 +636,11 @@ def _gradients(loss: torch.Tensor, measured: list[torch.Tensor], model: Any) -> 
 def _step_norms(grads: list[torch.Tensor], options: ProbeOptions) -> tuple[np.ndarray, np.ndarray]:
     """Per-sample and batch-RMS gradient norms per timestep, computed in float64."""
     if len(grads) == 1:
-        g = grads[0].detach().to(torch.float64)
+        g = grads[0].detach()
         if not options.batch_first:
             g = g.transpose(0, 1)
-        squares = g.reshape(g.shape[0], g.shape[1], -1).pow(2).sum(-1)  # (batch, seq)
+        # One kernel that reads in float64, not a float64 copy and two more ops: each op is a share of a small probe.
+        squares = torch.linalg.vector_norm(g.reshape(g.shape[0], g.shape[1], -1), dim=-1, dtype=torch.float64) ** 2
     else:
         squares = torch.stack([g.detach().to(torch.float64).reshape(g.shape[0], -1).pow(2).sum(-1) for g in grads], 1)
     return states.batch_rms(*states.by_lag(squares.cpu().numpy(), np.arange(options.seq_len), options))

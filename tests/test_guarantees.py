@@ -100,6 +100,18 @@ def test_no_seed_left_queued_for_a_cuda_not_yet_started():
     assert torch.cuda._lazy_seed_tracker.get_calls() == queued
 
 
+def test_the_users_cudnn_settings_stay_in_force_where_the_probe_needs_no_change():
+    seen = []
+
+    def model(x: torch.Tensor) -> torch.Tensor:
+        seen.append(torch.backends.cudnn.deterministic)
+        return x.cumsum(1)
+
+    with torch.backends.cudnn.flags(enabled=True, deterministic=True):
+        probe(model, 5, input_size=3)
+    assert seen == [True]
+
+
 def test_same_seed_same_numbers_even_with_dropout_in_train_mode():
     model = Classifier(layers=2)
     first = probe(model, 12, mode="train", seed=7)
