@@ -1,10 +1,11 @@
 """Benchmarks (issue 7): what a gradient-health check costs against the least it can cost, measured in one run.
 
-    python benchmarks/run.py                # default sizes: about two minutes on 2 cores
-    python benchmarks/run.py --quick        # tiny sizes: shows that every row runs; its timings mean nothing
+    python benchmarks/run.py              # default sizes: about a minute on 2 quiet cores
+    python benchmarks/run.py --rows 1,6   # only some groups of rows
+    python benchmarks/run.py --quick      # tiny sizes: shows that every row runs; its timings mean nothing
 
-Every row is a ratio against a baseline measured in the same process and run: each side warms up, then the
-sides alternate for several repeats (time.perf_counter) and the ratio is of their medians. Prints a Markdown table.
+Every row is a ratio against a baseline measured in the same process and run: each side warms up, then rounds run
+both sides back to back (time.perf_counter), and the ratio is the median over rounds. Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from torch.profiler import ProfilerActivity
 from torch.profiler import profile as torch_profile
 
 from pytest_gradhealth import assert_finite_gradients, assert_no_exploding, assert_no_vanishing, probe
-from pytest_gradhealth.probing import MEASURES
 from pytest_gradhealth.recording import observe
 
 MAX_REPEATS = 200
@@ -62,8 +62,36 @@ class Sizes:
         return self.seconds_per_row, self.min_repeats, self.warmup
 
 
-DEFAULT = Sizes(32, 8, (64, 128), (256, 512), 32, 64, (256, 1024, 4096), 3.0, 5, 2, 10, 20, 10)
-QUICK = Sizes(4, 2, (8, 16), (16, 32), 4, 8, (16, 64, 256), 0.0, 1, 1, 1, 2, 2)
+DEFAULT = Sizes(
+    input_size=32,
+    batch=8,
+    small=(64, 128),
+    large=(256, 512),
+    checkpoints=32,
+    scaling_hidden=64,
+    scaling_seq_lens=(256, 1024, 4096),
+    seconds_per_row=3.0,
+    min_repeats=5,
+    warmup=2,
+    startup_runs=10,
+    suite_modules=20,
+    suite_tests=10,
+)
+QUICK = Sizes(
+    input_size=4,
+    batch=2,
+    small=(8, 16),
+    large=(16, 32),
+    checkpoints=4,
+    scaling_hidden=8,
+    scaling_seq_lens=(16, 64, 256),
+    seconds_per_row=0.0,
+    min_repeats=1,
+    warmup=1,
+    startup_runs=1,
+    suite_modules=2,
+    suite_tests=2,
+)
 
 
 @dataclass(frozen=True)
@@ -83,14 +111,14 @@ class Row:
         return "| " + " | ".join(cells) + " |"
 
 
-HEADER = ("#", "benchmark", "size", "baseline (median)", "result", "goal", "met")
+HEADER = ("#", "benchmark", "size", "baseline", "result", "goal", "met")
 
 
 def ratio_row(group: int, benchmark: str, size: str, baseline: str, ratio: float, limit: float | None) -> Row:
     """A row whose result is a ratio against its baseline; `limit` None marks it as information only."""
     if limit is None:
-        return Row(group, benchmark, size, baseline, f"{ratio:.2f}x", "(info)", "-")
-    return Row(group, benchmark, size, baseline, f"{ratio:.2f}x", f"<= {limit:.2f}x", "yes" if ratio <= limit else "NO")
+        return Row(group, benchmark, size, baseline, f"{ratio:.3f}x", "(info)", "-")
+    return Row(group, benchmark, size, baseline, f"{ratio:.3f}x", f"<= {limit:.2f}x", "yes" if ratio <= limit else "NO")
 
 
 # -- measuring ---------------------------------------------------------------------------------------
@@ -260,22 +288,15 @@ def hidden_rows(sizes: Sizes) -> Iterator[Row]:
     for hidden, seq_len in (sizes.small, sizes.large):
         model = build("nn.LSTM", sizes, hidden)
         x = make_batch(sizes, seq_len)
-        variants = (
-            (
-                f"checkpoints={sizes.checkpoints}",
-                sizes.checkpoints,
-                "fused fwd + grad",
-                partial(forward_grad, model, x),
-            ),
-            ("every step", None, "unrolled nn.LSTMCell loop", partial(unrolled_state_grads, cell_of(model), x)),
-        )
-        for what, checkpoints, baseline_name, baseline in variants:
-            label = f'probe(measure="hidden"), {what}, nn.LSTM'
-            if "hidden" not in MEASURES:
-                yield Row(2, label, size_label(hidden, seq_len), baseline_name, "not available yet", "<= 1.50x", "-")
-                continue
+        fused, unrolled = partial(forward_grad, model, x), partial(unrolled_state_grads, cell_of(model), x)
+        for checkpoints, baseline_name, baseline in (
+            (sizes.checkpoints, "fused fwd + grad", fused),
+            (None, "unrolled nn.LSTMCell loop", unrolled),
+        ):
             candidate = partial(probe, model, seq_len, inputs=x, measure="hidden", checkpoints=checkpoints)
             ratio, base = paired(candidate, baseline, sizes)
+            what = "every step" if checkpoints is None else f"checkpoints={checkpoints}"
+            label = f'probe(measure="hidden"), {what}, nn.LSTM'
             yield ratio_row(2, label, size_label(hidden, seq_len), f"{baseline_name}, {ms(base)}", ratio, 1.50)
 
 
@@ -285,11 +306,10 @@ def check_rows(sizes: Sizes) -> Iterator[Row]:
     model = build("nn.LSTM", sizes, hidden)
     x = make_batch(sizes, seq_len)
     alone = partial(probe, model, seq_len, inputs=x)
+    min_ratio = alone().ratio / 2  # thresholds that pass: the cost of a check is that of the usual, passing one
     checks = {
         "probe + recording": alone,
-        "assert_no_vanishing + recording": partial(
-            assert_no_vanishing, model, seq_len, min_ratio=alone().ratio / 2, inputs=x
-        ),
+        "assert_no_vanishing + recording": partial(assert_no_vanishing, model, seq_len, min_ratio=min_ratio, inputs=x),
         "assert_no_exploding + recording": partial(assert_no_exploding, model, seq_len, inputs=x),
         "assert_finite_gradients + recording": partial(assert_finite_gradients, model, seq_len, inputs=x),
     }
@@ -359,15 +379,9 @@ def memory_rows(sizes: Sizes) -> Iterator[Row]:
         candidate, baseline = partial(probe, model, seq_len, inputs=x), partial(forward_grad, model, x)
         candidate(), baseline()  # lazy one-time allocations happen outside the measurement
         base = peak_bytes(baseline)
-        label = f"peak memory, probe, {kind}"
-        yield ratio_row(
-            5,
-            label,
-            size_label(hidden, seq_len),
-            f"fwd + grad, {base / 2**20:.3g} MiB",
-            peak_bytes(candidate) / base,
-            1.20,
-        )
+        ratio = peak_bytes(candidate) / base
+        size = size_label(hidden, seq_len)
+        yield ratio_row(5, f"peak memory, probe, {kind}", size, f"fwd + grad, {base / 2**20:.3g} MiB", ratio, 1.20)
 
 
 def scaling_rows(sizes: Sizes) -> Iterator[Row]:
@@ -404,7 +418,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes and single repeats: a smoke run")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
+    parser.add_argument("--rows", default="1,2,3,4,5,6", help="the groups of rows to run, e.g. 1,6")
     args = parser.parse_args()
+    groups = {int(group) for group in args.rows.split(",")}
     sizes = QUICK if args.quick else DEFAULT
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -413,14 +429,18 @@ def main() -> None:
     threads = f"{torch.get_num_threads()} threads (torch.set_num_threads)"
     print(f"- torch {torch.__version__}, {threads}; Python {platform.python_version()}")
     print(f"- command: python benchmarks/run.py {' '.join(sys.argv[1:])}".rstrip())
-    print(f"- batch {sizes.batch}, input size {sizes.input_size}; ratios of medians, sides warmed up and alternating")
+    print(f"- batch {sizes.batch}, input size {sizes.input_size}; each ratio is the median over rounds of candidate")
+    print("  over baseline, a round running both back to back after a warm-up")
+    tuned = [f"{key}={value}" for key, value in sorted(os.environ.items()) if key.startswith("MALLOC_")]
+    if tuned:
+        print(f"- glibc malloc tuned: {' '.join(tuned)}")
     if args.quick:
         print("- --quick: tiny sizes, single repeats; the ratios and verdicts below mean nothing")
     print()
     print("| " + " | ".join(HEADER) + " |")
     print("|" + "|".join("---" for _ in HEADER) + "|")
-    for section in SECTIONS:
-        for row in section(sizes):
+    for group, section in enumerate(SECTIONS, start=1):
+        for row in section(sizes) if group in groups else ():
             print(row.markdown(), flush=True)
     print(f"\ntotal: {time.perf_counter() - started:.0f} s")
 
