@@ -7,11 +7,21 @@ state the module returns, and for c_t also through h_t = o_t * tanh(c_t)), exact
 of an unrolled loop of cells with the same weights.
 
 Fused modules (nn.RNN/LSTM/GRU) hide their per-step states from autograd. For the probe's one forward pass their
-forward is replaced by the same computation run layer by layer, with the measured layer split in time after each
-measured step: one call of the fused kernel per chunk, each starting from the previous chunk's final state. That state
-is one tensor, used as the next chunk's initial state and as the layer's output at that step, so its gradient is the
-total derivative. The cell state's path through h_t is internal to the kernel and is added from the recomputed output
-gate. A loop over a cell module is measured at the cell's outputs, one per call.
+forward is replaced by the same computation run layer by layer, in two ways:
+
+- Split in time (any module, both measures): the measured layer is split after each measured step, one call of the
+  fused kernel per chunk, each starting from the previous chunk's final state. That state is one tensor, used as the
+  next chunk's initial state and as the layer's output at that step, so its gradient is the total derivative. The cell
+  state's path through h_t is internal to the kernel and is added from the recomputed output gate.
+- One call (measure="hidden" of an nn.RNN or nn.LSTM): h_{t-1} enters step t only through the term W_hh h_{t-1} of
+  the pre-activation, so the layer runs once with an extra input u = 0 (seq, batch, hidden) whose weight is W_hh
+  ([x_t, u_t] times [W_ih, W_hh]): the values are unchanged, and dL/du_t = W_hh^T dL/dpre_t is the gradient of h_{t-1}
+  along its path into step t. dL/dh_t is the gradient at the layer's output at step t (the layer above, the model's
+  output, and the final state, which is read from the output) plus dL/du_{t+1}. Not for a GRU, whose h_{t-1} also
+  enters inside r_t * (W_hn h_{t-1} + b_hn), nor for the cell state, whose path into step t+1 is not additive.
+  Each fused call has a fixed cost (about 0.35 ms forward and backward on CPU), which is what this path saves.
+
+A loop over a cell module is measured at the cell's outputs, one per call.
 """
 
 from __future__ import annotations
@@ -309,6 +319,7 @@ class _FusedStates:
         self.module, self.layer, self.options = module, layer, options
         self.op = _FUSED_OPS[module.mode]
         self.lstm = module.mode == "LSTM"
+        self.one_call = False  # decided in __call__, where the batch is known
         lengths = np.asarray(options.lengths or (options.seq_len,))
         lags = options.seq_len - 1 - options.steps
         shifted = (lengths[:, None] - 1 - lags[None, :]).ravel()
@@ -319,6 +330,7 @@ class _FusedStates:
         self.states: dict[int, tuple[torch.Tensor, ...]] = {}
         self.aliases: dict[str, list[torch.Tensor]] = {}
         self.inputs = self.outputs = self.initial = torch.empty(0)
+        self.layer_output = self.recurrent = torch.empty(0)  # the one-call path's measured tensors: output and u
 
     def __call__(self, input: torch.Tensor | PackedSequence, hx: Any = None) -> tuple[Any, Any]:
         module = self.module
@@ -346,16 +358,21 @@ class _FusedStates:
                 f"{self.options.seq_len}; the measured states must be the probe's timesteps"
             )
         initial = self._initial_states(x, hx)
+        unmeasured = {x.shape[0] - 1, *last, *self.aliased}
+        split = sorted({*unmeasured, *self.measured_at})
+        self.one_call = _one_call(module, self.options, x.shape[0] * x.shape[1] / len(split))
         finals = []
         for layer in range(module.num_layers):
             measured = layer == self.layer
-            cuts = sorted({x.shape[0] - 1, *last, *self.aliased, *(self.measured_at if measured else ())})
-            out, states = self._run_layer(layer, x, initial[layer], cuts)
+            cuts = split if measured and not self.one_call else sorted(unmeasured)
+            out, states = self._run_layer(layer, x, initial[layer], cuts, measured and self.one_call)
             if measured:
-                self.cuts, self.states = cuts, states
+                self.cuts, self.states, self.layer_output = cuts, states, out
                 self.inputs, self.outputs = x.detach(), out.detach()
                 self.initial = initial[layer][0].detach()
-            finals.append(_own_steps(states, last) if packed else states[x.shape[0] - 1])
+            # h_n is read from the output, so that the output's gradient includes the path through it.
+            h_n = out[last, torch.arange(out.shape[1], device=out.device)]
+            finals.append((h_n, *(_own_steps(states, last) if packed else states[x.shape[0] - 1])[1:]))
             x = out
             if layer < module.num_layers - 1 and module.dropout:
                 x = nn.functional.dropout(x, module.dropout, module.training)
@@ -389,11 +406,18 @@ class _FusedStates:
         return names
 
     def _run_layer(
-        self, layer: int, x: torch.Tensor, state: tuple[torch.Tensor, ...], cuts: list[int]
+        self, layer: int, x: torch.Tensor, state: tuple[torch.Tensor, ...], cuts: list[int], zero_recurrent: bool
     ) -> tuple[torch.Tensor, dict[int, tuple[torch.Tensor, ...]]]:
-        """One layer over the sequence, one fused call per chunk; the state after each chunk's last step."""
+        """One layer over the sequence, one fused call per chunk; the state after each chunk's last step.
+
+        `zero_recurrent`: the input gets the extra zero input u (`self.recurrent`) through W_hh, for the one-call path.
+        """
         names = self._weights(layer)
         weights = [getattr(self.module, name) for name in names]
+        if zero_recurrent:
+            self.recurrent = x.new_zeros(*x.shape[:2], weights[1].shape[1]).requires_grad_(True)
+            x = torch.cat([x, self.recurrent], dim=-1)
+            weights[0] = torch.cat([weights[0], weights[1]], dim=1)
         recurrent = [i for i, name in enumerate(names) if name.startswith(("weight_hh", "weight_hr"))]
         pieces, states, start = [], {}, 0
         for end in cuts:
@@ -424,6 +448,8 @@ class _FusedStates:
                 f"the model never called its {type(self.module).__name__} in the forward pass, so it has no states "
                 "to measure; pass module= naming the one it uses"
             )
+        if self.one_call:
+            return [self.layer_output, self.recurrent]
         tensors = [self.states[t][0] for t in self.cuts]
         if self.options.measure == "cell":
             tensors += [self.states[t][1] for t in self.cuts]
@@ -431,6 +457,12 @@ class _FusedStates:
 
     @torch.no_grad()
     def result(self, grads: list[torch.Tensor]) -> StateGradients:
+        if self.one_call:  # dL/dh_t: at the output at step t, plus dL/du_{t+1} (none after the last step)
+            at = self.measured_at
+            steps = torch.tensor(at, device=grads[0].device)
+            g = grads[0][steps] + nn.functional.pad(grads[1], (0, 0, 0, 0, 0, 1))[steps + 1]
+            squares, valid = by_lag(_squares(g), np.asarray(at), self.options)
+            return StateGradients(squares, valid, None)
         n = len(self.cuts)
         g = torch.stack(grads[:n])
         if self.options.measure == "cell":
@@ -443,6 +475,24 @@ class _FusedStates:
             n *= 2
         squares, valid = by_lag(_squares(g), np.asarray(self.cuts), self.options)
         return StateGradients(squares, valid, _contributions(self.aliases, grads[n:]))
+
+
+# Which way a fused layer is measured, where both can. The split path pays a fixed cost per call of the fused kernel
+# (on CPU about 0.35 ms forward and backward for an LSTM); the one-call path a fused pass about 1.3 to 1.5 times as
+# long (its input projection is wider by W_hh). So splitting is the cheaper where its chunks are long and each step is
+# expensive: in float32 on 2 CPU cores (nn.RNN and nn.LSTM, hidden 64 to 256, batch 8, 4 to 512 chunks), where each
+# chunk holds at least about this much work, in steps x batch x hidden_size^2.
+_SPLIT_MIN_WORK = 2**22
+
+
+def _one_call(module: nn.RNNBase, options: ProbeOptions, batch_steps_per_chunk: float) -> bool:
+    """Whether the measured layer runs in one fused call with a zero recurrent input instead of split in time.
+
+    `batch_steps_per_chunk`: batch size times the split path's mean chunk length.
+    """
+    if options.measure != "hidden" or module.mode == "GRU" or options.contributions:
+        return False
+    return batch_steps_per_chunk * module.hidden_size**2 < _SPLIT_MIN_WORK
 
 
 class _CellStates:

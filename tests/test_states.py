@@ -104,8 +104,17 @@ def last_output_loss(v: torch.Tensor):
 
 
 CASES = [(nn.RNN, "hidden"), (nn.GRU, "hidden"), (nn.LSTM, "hidden"), (nn.LSTM, "cell")]
+PATHS = {"split": 0, "one-call": math.inf}  # states._SPLIT_MIN_WORK that forces each way
 
 
+@pytest.fixture(params=PATHS)
+def path(request, monkeypatch):
+    """A fused layer measured split in time, or in one call where it can be (the hidden state of an RNN or LSTM)."""
+    monkeypatch.setattr(states, "_SPLIT_MIN_WORK", PATHS[request.param])
+    return request.param
+
+
+@pytest.mark.usefixtures("path")
 @pytest.mark.parametrize(("cls", "measure"), CASES, ids=[f"{c.__name__}-{m}" for c, m in CASES])
 @pytest.mark.parametrize(("num_layers", "layer"), [(1, 0), (2, 0), (2, 1)])
 @pytest.mark.parametrize("checkpoints", [None, 2, 4, SEQ_LEN])
@@ -122,6 +131,42 @@ def test_state_gradients_equal_an_unrolled_loop_of_cells(cls, measure, num_layer
     np.testing.assert_allclose(profile.sample_norms, sample_norms, rtol=REL)
     assert (profile.measure, profile.layer) == (measure, layer)
     assert len(profile.steps) == (checkpoints or SEQ_LEN)
+
+
+def counted_kernel_calls(monkeypatch, mode: str) -> list[int]:
+    """The time steps of each call of the fused kernel for `mode` (the probe's, and the module's own when it runs)."""
+    calls, op = [], states._FUSED_OPS[mode]
+
+    def counting(x, *args):
+        calls.append(x.shape[0])
+        return op(x, *args)
+
+    monkeypatch.setitem(states._FUSED_OPS, mode, counting)
+    return calls
+
+
+@pytest.mark.parametrize(("cls", "mode"), [(nn.RNN, "RNN_TANH"), (nn.LSTM, "LSTM")])
+def test_a_small_layers_hidden_states_are_measured_in_one_kernel_call(cls, mode, monkeypatch):
+    calls = counted_kernel_calls(monkeypatch, mode)
+    probe(fused(cls, 2), SEQ_LEN, measure="hidden", layer=0)
+    assert calls == [SEQ_LEN, SEQ_LEN]  # one call per layer
+    calls.clear()
+    probe(fused(cls, 2), SEQ_LEN, measure="hidden", layer=0, contributions=True)  # each step's own weight copy
+    assert calls == [1] * SEQ_LEN * 2
+
+
+def test_the_split_path_is_kept_where_its_chunks_hold_enough_work(monkeypatch):
+    # hidden 512, batch 8: one step of the batch is 8 * 512^2 = 2^21, so chunks of 2 steps or more reach 2^22.
+    calls = counted_kernel_calls(monkeypatch, "RNN_TANH")
+    rnn = nn.RNN(INPUT, 512, batch_first=True)
+    probe(rnn, SEQ_LEN, measure="hidden", checkpoints=2)  # steps 0 and 8: chunks of 1 and 8 steps
+    assert calls == [1, SEQ_LEN - 1]
+    calls.clear()
+    probe(rnn, SEQ_LEN, measure="hidden")  # every step: chunks of 1 step
+    assert calls == [SEQ_LEN]
+    gru_calls = counted_kernel_calls(monkeypatch, "GRU")
+    probe(fused(nn.GRU), SEQ_LEN, measure="hidden")  # h_{t-1} also enters a GRU's candidate: always split
+    assert gru_calls == [1] * SEQ_LEN
 
 
 def test_checkpoints_are_evenly_spaced_and_keep_the_first_and_the_last_step():
@@ -143,6 +188,7 @@ VARIANTS = {
 }
 
 
+@pytest.mark.usefixtures("path")
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_module_variants_equal_the_unrolled_loop(variant):
     cls, kwargs = VARIANTS[variant]
@@ -198,6 +244,7 @@ def test_lstm_cell_state_gradient_decays_exactly_as_the_constant_forget_gate(for
     assert profile.rate == pytest.approx(f, rel=REL)
 
 
+@pytest.mark.usefixtures("path")
 def test_relu_rnn_hidden_gradient_is_exactly_a_to_the_lag_times_the_unit_projection():
     # h_t = relu(x_t + a h_{t-1}) with positive inputs is linear: dL/dh_t = a^(T-1-t) v, and |v| = 1.
     a, seq_len = 0.8, 25
@@ -436,9 +483,10 @@ class Recording(nn.Module):
         return state[0][-1] if isinstance(self.rnn, nn.LSTM) else state[-1]
 
 
+@pytest.mark.usefixtures("path")
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize(("cls", "kwargs"), [(nn.GRU, {}), (nn.LSTM, {"proj_size": 2})], ids=["GRU", "LSTM"])
-def test_the_split_forward_returns_what_the_module_returns(cls, kwargs, packed):
+def test_the_replaced_forward_returns_what_the_module_returns(cls, kwargs, packed):
     model = Recording(fused(cls, 2, **kwargs), packed)
     x, _ = inputs_and_projection()
     probe(model, SEQ_LEN, inputs=x, measure="hidden", layer=0, checkpoints=4)
@@ -466,6 +514,7 @@ def assert_each_sample_is_measured_as_if_alone(profile, model, x, **options):
     np.testing.assert_allclose(profile.norms, expected, rtol=REL)
 
 
+@pytest.mark.usefixtures("path")
 @pytest.mark.parametrize("measure", ["input", "hidden", "cell"])
 def test_a_padded_batch_measures_each_sample_from_its_own_last_real_step(measure):
     lstm = fused(nn.LSTM, 2)
@@ -481,14 +530,17 @@ def test_a_loop_over_a_cell_with_a_padded_batch_is_measured_by_lag_too():
     assert_each_sample_is_measured_as_if_alone(profile, loop, x, measure="hidden")
 
 
-def test_checkpoints_of_a_padded_batch_are_the_same_lags_of_every_step():
-    gru = fused(nn.GRU, 2)
-    every = probe(gru, SEQ_LEN, lengths=LENGTHS, measure="hidden", layer=0)
-    some = probe(gru, SEQ_LEN, lengths=LENGTHS, measure="hidden", layer=0, checkpoints=4)
+@pytest.mark.usefixtures("path")
+@pytest.mark.parametrize("cls", [nn.GRU, nn.LSTM])
+def test_checkpoints_of_a_padded_batch_are_the_same_lags_of_every_step(cls):
+    module = fused(cls, 2)
+    every = probe(module, SEQ_LEN, lengths=LENGTHS, measure="hidden", layer=0)
+    some = probe(module, SEQ_LEN, lengths=LENGTHS, measure="hidden", layer=0, checkpoints=4)
     np.testing.assert_allclose(some.norms, every.norms[some.steps], rtol=REL)
     np.testing.assert_allclose(some.sample_norms, every.sample_norms[:, some.steps], rtol=REL)
 
 
+@pytest.mark.usefixtures("path")
 @pytest.mark.parametrize("measure", ["input", "hidden", "cell"])
 def test_a_packed_sequence_is_measured_as_the_padded_batch_with_its_lengths(measure):
     lstm = fused(nn.LSTM, 2)
@@ -502,17 +554,20 @@ def test_a_packed_sequence_is_measured_as_the_padded_batch_with_its_lengths(meas
 class LastState(nn.Module):
     """A classifier on the final hidden state of a packed batch: each sample's state after its own last step."""
 
-    def __init__(self) -> None:
+    def __init__(self, cls: type[nn.RNNBase]) -> None:
         super().__init__()
-        self.rnn = nn.GRU(INPUT, HIDDEN, 2)
+        self.rnn = cls(INPUT, HIDDEN, 2)
         self.head = nn.Linear(HIDDEN, 2)
 
     def forward(self, packed: nn.utils.rnn.PackedSequence) -> torch.Tensor:
-        return self.head(self.rnn(packed)[1][-1])
+        final = self.rnn(packed)[1]
+        return self.head((final[0] if isinstance(final, tuple) else final)[-1])
 
 
-def test_a_model_that_reads_the_final_state_of_a_packed_batch_is_measured_per_sample():
-    model = LastState().double()
+@pytest.mark.usefixtures("path")
+@pytest.mark.parametrize("cls", [nn.GRU, nn.LSTM])
+def test_a_model_that_reads_the_final_state_of_a_packed_batch_is_measured_per_sample(cls):
+    model = LastState(cls).double()
     x, _ = inputs_and_projection()
     pack = nn.utils.rnn.pack_padded_sequence
     profile = probe(model, SEQ_LEN, inputs=pack(x, LENGTHS, batch_first=True, enforce_sorted=False), measure="hidden")
@@ -685,6 +740,7 @@ def test_a_cell_called_other_than_once_per_step_is_refused():
         probe(TwoCalls(nn.RNNCell(INPUT, HIDDEN)), 6, measure="hidden")
 
 
+@pytest.mark.usefixtures("path")
 def test_the_final_state_the_module_returns_is_a_path_to_the_loss_too():
     # The loss reads the bottom layer's h_n and c_n as well as the top layer's output.
     lstm = fused(nn.LSTM, 2)
