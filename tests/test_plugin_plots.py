@@ -1,4 +1,7 @@
-"""`pytest --gradhealth-plots=DIR` as a user's suite runs it, without xdist and with -n 2."""
+"""`pytest --gradhealth-plots=DIR` as a user's suite runs it, without xdist and with -n 2.
+
+Each run is a subprocess: matplotlib first imported inside an in-process pytester run is taken out of sys.modules
+after it, and a later import then mixes two copies of its classes ("Invalid arguments to set_clip_path")."""
 
 from __future__ import annotations
 
@@ -7,8 +10,6 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from pytest_gradhealth.report.plots import plot_filename
-
-pytest_plugins = ["pytester"]
 
 SUITE = """
 from pytest_gradhealth import probe, reference
@@ -47,7 +48,7 @@ def suite(pytester):
 
 
 def test_plots_are_written_once_a_probe_and_an_overview(suite, xdist):
-    result = suite.runpytest(*xdist, "-p", "no:cacheprovider", "--gradhealth-plots=plots")
+    result = suite.runpytest_subprocess(*xdist, "-p", "no:cacheprovider", "--gradhealth-plots=plots")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["gradhealth: 4 plots written to *plots (one per probe and an overview)"])
     folder = suite.path / "plots"
@@ -56,7 +57,7 @@ def test_plots_are_written_once_a_probe_and_an_overview(suite, xdist):
 
 
 def test_svg_on_request(suite):
-    result = suite.runpytest("--gradhealth-plots=out/plots", "--gradhealth-plots-format=svg")
+    result = suite.runpytest_subprocess("--gradhealth-plots=out/plots", "--gradhealth-plots-format=svg")
     result.assert_outcomes(passed=2)
     folder = suite.path / "out" / "plots"
     assert sorted(p.name for p in folder.iterdir()) == expected_files("svg")
@@ -66,7 +67,7 @@ def test_svg_on_request(suite):
 
 def test_without_matplotlib_the_session_says_so_once_and_passes(suite, xdist):
     suite.makeconftest(BLOCK_MATPLOTLIB)
-    result = suite.runpytest(*xdist, "-p", "no:cacheprovider", "--gradhealth-plots=plots")
+    result = suite.runpytest_subprocess(*xdist, "-p", "no:cacheprovider", "--gradhealth-plots=plots")
     assert result.ret == pytest.ExitCode.OK
     result.stdout.fnmatch_lines(
         ["gradhealth: no plots written to *plots: plots need matplotlib, which is not installed*"]
@@ -86,6 +87,6 @@ def test_without_matplotlib_the_session_says_so_once_and_passes(suite, xdist):
     ],
 )
 def test_plot_options_are_checked_before_any_test_runs(suite, args, message):
-    result = suite.runpytest(*args)
+    result = suite.runpytest_subprocess(*args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([message])
