@@ -97,7 +97,9 @@ def assert_no_worse_than(
             )
         ref_profile = reference
     elif callable(reference):
-        ref_profile = measure_profile(reference, make_options(seq_len, options))  # a yardstick, not a probe to report
+        ref_profile = measure_profile(
+            reference, make_options(reference, seq_len, options)
+        )  # a yardstick, not a probe to report
     else:
         raise InvalidArgumentTypeError(
             f"reference must be a model or a GradientProfile, got {type(reference).__name__}"
@@ -154,7 +156,7 @@ def _run(
         record.update(check(profile))
         return record
 
-    profile = run_probe(model, make_options(seq_len, options), recorded)
+    profile = run_probe(model, make_options(model, seq_len, options), recorded)
     if record["verdict"] != "ok":
         raise GradientHealthError(record["message"])
     return profile
@@ -209,7 +211,12 @@ def failure_message(assertion: str, verdict: str, profile: GradientProfile, thre
                 f"  falls below {bound:.3g} x the last step's gradient at step {below} "
                 f"({profile.seq_len - 1 - below} steps back)"
             )
-    if len(profile.underflow_steps):
+    if len(profile.underflow_steps) == len(profile.norms) - 1:
+        lines.append(
+            "  no gradient at all reaches any step before the last: the last output depends on the last input only "
+            "(no recurrence, or a layout mismatch between the probe and the model: check batch_first)"
+        )
+    elif len(profile.underflow_steps):
         lines.append(
             f"  {len(profile.underflow_steps)} step(s) underflowed to exactly zero in {profile.dtype}: "
             "their true size is unknown; probe with dtype=torch.float64 to measure it"

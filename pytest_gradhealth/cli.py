@@ -235,7 +235,7 @@ def _probe(args: argparse.Namespace) -> int:
         with observe(_recorder(records, spec, settings)):
             for seq_len in args.seq_len:
                 try:
-                    run_probe(model, make_options(seq_len, settings.probe_options()))
+                    run_probe(model, make_options(model, seq_len, settings.probe_options()))
                 except DisconnectedGradientError:
                     pass  # recorded with the verdict "disconnected", as in a test
     references = []

@@ -21,7 +21,10 @@ class GradHealth:
         self.settings = settings
 
     def _options(self, options: dict[str, Any]) -> dict[str, Any]:
-        return {**self.settings.probe_options(), **options}
+        defaults = self.settings.probe_options()
+        if any(options.get(key) is not None for key in ("inputs", "lengths")):
+            del defaults["batch_size"]  # the batch is the given one
+        return {**defaults, **options}
 
     def _seq_len(self, seq_len: int | None) -> int:
         return self.settings.seq_len if seq_len is None else seq_len

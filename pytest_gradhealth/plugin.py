@@ -94,6 +94,19 @@ def _path(config: pytest.Config, name: str) -> Path | None:
     return None if value is None else Path(config.invocation_params.dir, value)
 
 
+def _check_file_target(flag: str, path: Path | None) -> None:
+    """A file can be written at `path`: it is no folder, and no file stands where a folder above it must be."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise InvalidArgumentError(
+            f"{flag}: {path} is a folder; give the path of a file, e.g. {path / 'gradhealth.json'}"
+        )
+    blocker = next((p for p in path.parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise InvalidArgumentError(f"{flag}: cannot write {path}: {blocker} is a file, not a folder")
+
+
 def _report_options(config: pytest.Config) -> ReportOptions:
     """The report options, checked before any test runs: no baseline is overwritten or missed by accident."""
     options = ReportOptions(
@@ -108,6 +121,12 @@ def _report_options(config: pytest.Config) -> ReportOptions:
         plots_dir=_path(config, "gradhealth_plots"),
         plots_format=config.getoption("gradhealth_plots_format") or PLOT_FORMATS[0],
     )
+    for flag, path in (
+        ("--gradhealth-json", options.json_path),
+        ("--gradhealth-save", options.save_path),
+        ("--gradhealth-compare", options.compare_path),
+    ):
+        _check_file_target(flag, path)
     if options.save_path and options.save_path.exists() and not options.overwrite:
         raise InvalidArgumentError(
             f"--gradhealth-save: {options.save_path} exists and would be overwritten; add --gradhealth-overwrite to "
@@ -119,6 +138,8 @@ def _report_options(config: pytest.Config) -> ReportOptions:
         raise InvalidArgumentError("--gradhealth-plots-format needs --gradhealth-plots=DIR to write the plots to")
     if options.plots_dir and options.plots_dir.exists() and not options.plots_dir.is_dir():
         raise InvalidArgumentError(f"--gradhealth-plots: {options.plots_dir} is a file, not a folder to write plots in")
+    if options.plots_dir:
+        _check_file_target("--gradhealth-plots", options.plots_dir / "plot")
     if options.compare_path:
         if options.compare_path.exists():
             from pytest_gradhealth.report.export import load_report

@@ -67,7 +67,9 @@ class ProbeOptions:
             _check_int("input_size", self.input_size, minimum=1)
         if self.batch_size is not None:
             _check_int("batch_size", self.batch_size, minimum=1)
-        _check_int("seed", self.seed, minimum=None)
+        _check_int("seed", self.seed, minimum=-(2**63))
+        if self.seed > 2**64 - 1:
+            raise InvalidArgumentError(f"seed must be < 2**64 (a torch generator's seed), got {self.seed}")
         if self.vocab_size is not None:
             _check_int("vocab_size", self.vocab_size, minimum=1)
         if not isinstance(self.batch_first, bool):
@@ -180,11 +182,6 @@ class ProbeOptions:
     def layout_name(self) -> str:
         return "(batch, seq, ...)" if self.batch_first else "(seq, batch, ...)"
 
-    def shape(self, batch: int, *features: int) -> tuple[int, ...]:
-        """The input shape for this layout."""
-        lead = (batch, self.seq_len) if self.batch_first else (self.seq_len, batch)
-        return (*lead, *features)
-
 
 def probe(
     model: nn.Module | Callable[..., Any],
@@ -196,7 +193,7 @@ def probe(
     inputs: torch.Tensor | PackedSequence | None = None,
     input_fn: InputFn | None = None,
     vocab_size: int | None = None,
-    batch_first: bool = True,
+    batch_first: bool | None = None,
     loss_fn: LossFn | None = None,
     dtype: torch.dtype | str | None = None,
     device: torch.device | str | None = None,
@@ -232,7 +229,7 @@ def probe(
         inputs=inputs,
         input_fn=input_fn,
         vocab_size=vocab_size,
-        batch_first=batch_first,
+        batch_first=default_batch_first(model) if batch_first is None else batch_first,
         loss_fn=loss_fn,
         dtype=dtype,  # type: ignore[arg-type]
         device=device,  # type: ignore[arg-type]
@@ -249,14 +246,26 @@ def probe(
     return run_probe(model, options)
 
 
-def make_options(seq_len: int, options: dict[str, Any]) -> ProbeOptions:
-    """`ProbeOptions` from keyword options, with an error naming the valid ones when a name is unknown."""
+def default_batch_first(model: Any) -> bool:
+    """The layout of the model's first nn.RNN/LSTM/GRU (batch-first when it has none): PyTorch's own default is
+    time-major, and a probe in the other layout would measure a different sequence than the user means."""
+    recurrent = (
+        next((m for m in model.modules() if isinstance(m, nn.RNNBase)), None) if isinstance(model, nn.Module) else None
+    )
+    return True if recurrent is None else bool(recurrent.batch_first)
+
+
+def make_options(model: Any, seq_len: int, options: dict[str, Any]) -> ProbeOptions:
+    """`ProbeOptions` for `model` from keyword options, with an error naming the valid ones when a name is unknown;
+    batch_first, when not given, is the model's own layout."""
     known = {f.name for f in fields(ProbeOptions)} - {"seq_len"}
     unknown = sorted(set(options) - known)
     if unknown:
         raise InvalidArgumentTypeError(
             f"unknown probe option(s) {', '.join(map(repr, unknown))}; valid options are {', '.join(sorted(known))}"
         )
+    if options.get("batch_first") is None:
+        options = {**options, "batch_first": default_batch_first(model)}
     return ProbeOptions(seq_len=seq_len, **options)
 
 
@@ -449,7 +458,8 @@ def _probe_context(model: Any, mode: str, device: torch.device, seed: int) -> It
     cuda_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
     modules = list(model.modules()) if isinstance(model, nn.Module) else []
     flags = [m.training for m in modules]
-    buffers = [(b, b.detach().clone()) for m in modules for b in m.buffers(recurse=False)]
+    # Each buffer object and its values: forward may update a buffer in place or assign a new tensor to its name.
+    buffers = [(m, name, b, b.detach().clone()) for m in modules for name, b in m._buffers.items() if b is not None]
     cudnn_off = device.type == "cuda" and mode == "eval"  # cuDNN's RNN backward refuses to run in eval mode
     try:
         cudnn = torch.backends.cudnn.flags(enabled=False) if cudnn_off else contextlib.nullcontext()
@@ -467,7 +477,8 @@ def _probe_context(model: Any, mode: str, device: torch.device, seed: int) -> It
         for m, flag in zip(modules, flags, strict=False):
             m.training = flag
         with torch.no_grad():
-            for buffer, saved in buffers:
+            for m, name, buffer, saved in buffers:
+                m._buffers[name] = buffer
                 if buffer.shape == saved.shape and not torch.equal(buffer, saved):
                     buffer.copy_(saved)
 
@@ -507,16 +518,19 @@ def _make_inputs(
     elif options.inputs is not None:
         x = options.inputs.detach().clone()
     elif options.input_fn is not None:
-        x = options.input_fn(batch, options.seq_len, generator)
+        x = _call_user(options.input_fn, "input_fn", batch, options.seq_len, generator)
         if not isinstance(x, torch.Tensor):
             raise InvalidArgumentTypeError(f"input_fn must return a torch.Tensor, got {type(x).__name__}")
         options._check_inputs(x)
         x = x.detach().clone()
-    elif vocab_size is not None:
-        x = torch.randint(0, vocab_size, options.shape(batch), generator=generator)
-    else:
-        assert input_size is not None
-        x = torch.randn(options.shape(batch, input_size), generator=generator, dtype=torch.float64)
+    else:  # drawn batch-first whatever the layout, so a time-major model sees the same sequences
+        if vocab_size is not None:
+            x = torch.randint(0, vocab_size, (batch, options.seq_len), generator=generator)
+        else:
+            assert input_size is not None
+            x = torch.randn((batch, options.seq_len, input_size), generator=generator, dtype=torch.float64)
+        if not options.batch_first:
+            x = x.transpose(0, 1).contiguous()
     if options.lengths is not None and options.inputs is None and options.input_fn is None:
         x = states.zero_padding(x, options)
     if x.is_floating_point():
@@ -549,6 +563,14 @@ def _forward(model: Any, x: torch.Tensor, options: ProbeOptions) -> Any:
         ) from exc
 
 
+def _call_user(fn: Callable[..., Any], label: str, *args: Any) -> Any:
+    """Call a function the user gave the probe; its failure is re-raised with the function's role, chained."""
+    try:
+        return fn(*args)
+    except Exception as exc:
+        raise ModelForwardError(f"{label} raised {type(exc).__name__}: {exc}") from exc
+
+
 def _first_tensor(output: Any) -> Any:
     while isinstance(output, (tuple, list)) and not isinstance(output, PackedSequence) and output:
         output = output[0]
@@ -557,7 +579,7 @@ def _first_tensor(output: Any) -> Any:
 
 def _loss(output: Any, options: ProbeOptions, generator: torch.Generator, batch: int) -> torch.Tensor:
     if options.loss_fn is not None:
-        loss = options.loss_fn(output)
+        loss = _call_user(options.loss_fn, "loss_fn", output)
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.is_floating_point():
             shown = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
             raise InvalidArgumentError(f"loss_fn must return a floating scalar tensor, got {shown}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,6 +13,7 @@ import numpy as np
 from pytest_gradhealth.errors import InvalidArgumentError, ReportFormatError
 
 SCHEMA_VERSION = 1
+_MAX_LOG = math.log(sys.float_info.max)
 
 _FLOAT_ENCODING = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
@@ -130,7 +132,7 @@ class GradientProfile:
         y = np.log(self.norms[ok])
         lag_c = lag - lag.mean()
         slope = float((lag_c * (y - y.mean())).sum() / (lag_c * lag_c).sum())
-        return math.exp(slope)
+        return math.exp(slope) if slope < _MAX_LOG else math.inf
 
     @property
     def half_life(self) -> float:

@@ -42,7 +42,7 @@ def _seeded(seed: int, build: type[nn.RNNBase], **kwargs: Any) -> nn.RNNBase:
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise InvalidArgumentTypeError(f"seed must be an int, got {type(seed).__name__}")
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # torch.manual_seed would also reseed CUDA, which fork_rng([]) keeps
         return build(batch_first=True, **kwargs)
 
 

@@ -82,8 +82,7 @@ class GradHealthSession:
             records, references, {"min_ratio": s.min_ratio, "max_ratio": s.max_ratio}, self.config.rootpath
         )
         if self.options.json_path:
-            export.write_json(self.options.json_path, report)
-            self.lines.append(f"gradhealth: report written to {self.options.json_path}")
+            self._write(session, self.options.json_path, report, "report written to")
         compare_path = self.options.compare_path
         if compare_path and compare_path.exists():
             baseline = export.load_report(compare_path)
@@ -96,13 +95,24 @@ class GradHealthSession:
                 if session.exitstatus == pytest.ExitCode.OK:
                     session.exitstatus = pytest.ExitCode.TESTS_FAILED
         elif compare_path:  # missing, and --gradhealth-create-missing was given (checked at start-up)
-            export.write_json(compare_path, report)
-            self.lines.append(f"gradhealth: baseline {compare_path} did not exist: written from this run")
+            self._write(session, compare_path, report, "baseline did not exist, written from this run to")
         if self.options.save_path:
-            export.write_json(self.options.save_path, report)
-            self.lines.append(f"gradhealth: baseline saved to {self.options.save_path}")
+            self._write(session, self.options.save_path, report, "baseline saved to")
         if self.options.plots_dir:
             self.lines.append(self._write_plots(records, references, self.options.plots_dir))
+
+    def _write(self, session: pytest.Session, path: Path, report: dict[str, Any], done: str) -> None:
+        """Write a report file; a failure becomes a line of the summary and a failed session, never a traceback."""
+        from pytest_gradhealth.report.export import write_json
+
+        try:
+            write_json(path, report)
+        except OSError as exc:
+            self.lines.append(f"gradhealth: could not write {path}: {exc.strerror or exc}: failing the session")
+            if session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+            return
+        self.lines.append(f"gradhealth: {done} {path}")
 
     def _write_plots(self, records: list[ProbeRecord], references: list[ProbeRecord], folder: Path) -> str:
         """Writes the figures; without matplotlib, says so in one line and leaves the session's outcome alone."""

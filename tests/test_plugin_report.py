@@ -146,7 +146,7 @@ def test_missing_baseline_stops_with_a_clear_message_or_is_created_on_request(ru
         ["*baseline *none.json does not exist; create it with --gradhealth-save=none.json, or add*"]
     )
     created = run("--gradhealth-compare=none.json", "--gradhealth-create-missing")
-    created.stdout.fnmatch_lines(["gradhealth: baseline *none.json did not exist: written from this run"])
+    created.stdout.fnmatch_lines(["gradhealth: baseline did not exist, written from this run to *none.json"])
     assert (pytester.path / "none.json").exists()
 
 
@@ -221,3 +221,18 @@ def test_a_disconnected_model_is_reported_as_disconnected_not_vanishing(pytester
     result = pytester.runpytest("--gradhealth")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["gradhealth: 1 probe: 1 disconnected", "test_cut.py::test_cut*Cut*nan*disconnected*"])
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--gradhealth-json=."], "*--gradhealth-json: * is a folder; give the path of a file*"),
+        (["--gradhealth-save=afile/base.json"], "*--gradhealth-save: cannot write *afile/base.json: *afile is a file*"),
+    ],
+)
+def test_an_output_path_that_cannot_be_written_stops_the_session_first(pytester, args, words):
+    (pytester.path / "afile").write_text("")
+    pytester.makepyfile(test_one="def test_one():\n    pass\n")
+    result = pytester.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([words])

@@ -26,8 +26,9 @@ def brute_force_norms(model: nn.Module, x: torch.Tensor, v: torch.Tensor, batch_
 
 def probe_inputs_and_v(batch: int, seq_len: int, size: int, hidden: int, batch_first: bool, seed: int):
     gen = torch.Generator().manual_seed(seed)
-    shape = (batch, seq_len, size) if batch_first else (seq_len, batch, size)
-    x = torch.randn(shape, generator=gen, dtype=torch.float64)
+    x = torch.randn((batch, seq_len, size), generator=gen, dtype=torch.float64)
+    if not batch_first:
+        x = x.transpose(0, 1)
     v = torch.randn(hidden, generator=gen, dtype=torch.float64)
     return x, v / v.norm()
 

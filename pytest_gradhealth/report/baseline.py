@@ -12,8 +12,15 @@ from pytest_gradhealth.report.records import ProbeRecord
 
 
 def metric(profile: GradientProfile, name: str) -> float:
-    """The compared figures: ratio, half_life and horizon (at the default threshold, 0.01)."""
-    return float(profile.horizon()) if name == "horizon" else float(getattr(profile, name))
+    """The compared figures: ratio, half_life and horizon (at the default threshold, 0.01).
+
+    A half-life longer than the probed sequence counts as seq_len: the profile cannot tell 700 steps from infinity,
+    and a rate moving from 1.001 to 0.999 is no regression."""
+    if name == "horizon":
+        return float(profile.horizon())
+    if name == "half_life":
+        return min(profile.half_life, float(profile.seq_len)) if not math.isnan(profile.half_life) else math.nan
+    return float(getattr(profile, name))
 
 
 @dataclass
