@@ -97,6 +97,11 @@ class GradHealthSession:
         elif compare_path:  # missing, and --gradhealth-create-missing was given (checked at start-up)
             self._write(session, compare_path, report, "baseline did not exist, written from this run to")
         if self.options.save_path:
+            if session.exitstatus != pytest.ExitCode.OK:
+                self.lines.append(
+                    f"gradhealth: note: the session did not pass (exit status {int(session.exitstatus)}): probes of "
+                    "tests that stopped before probing are missing from this baseline and will show as new later"
+                )
             self._write(session, self.options.save_path, report, "baseline saved to")
         if self.options.plots_dir:
             self.lines.append(self._write_plots(records, references, self.options.plots_dir))

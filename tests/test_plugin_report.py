@@ -98,7 +98,9 @@ def test_json_report_holds_every_profile_in_full(run, pytester):
 
 
 def test_baseline_save_compare_regress_fail_update(run, pytester):
-    run("--gradhealth-save=base.json").assert_outcomes(passed=2, failed=1)
+    saved = run("--gradhealth-save=base.json")
+    saved.assert_outcomes(passed=2, failed=1)
+    saved.stdout.fnmatch_lines(["gradhealth: note: the session did not pass (exit status 1): probes of tests*"])
     compare = ("--gradhealth-compare=base.json", "--gradhealth-compare-fail=ratio:10x")
     same = run(*compare)
     same.stdout.fnmatch_lines(["gradhealth baseline *base.json: 3 ok"])
