@@ -19,7 +19,7 @@ from pytest_gradhealth.errors import (
     ReportFormatError,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.1.1"
 
 _LAZY = {
     "probe": "pytest_gradhealth.probing",
