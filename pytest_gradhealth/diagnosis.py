@@ -145,7 +145,7 @@ class WhatIf:
         """'forget bias +2: horizon 8 -> 96, rate 0.62 -> 0.96, ratio 1e-20 -> 0.003'."""
         pairs = (
             ("horizon", before.horizon(), self.profile.horizon(), "d"),
-            ("rate", before.rate, self.profile.rate, ".3g"),
+            ("rate", before.rate, self.profile.rate, ".3f"),
             ("ratio", before.ratio, self.profile.ratio, ".2g"),
         )
         return f"{self.change}: " + ", ".join(f"{name} {old:{fmt}} -> {new:{fmt}}" for name, old, new, fmt in pairs)
