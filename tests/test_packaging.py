@@ -31,9 +31,10 @@ def dists(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     folder = os.environ.get("GRADHEALTH_DIST")
     if folder is None:
         folder = tmp_path_factory.mktemp("dist")
-        subprocess.run(
-            [sys.executable, "-m", "build", "-q", "--outdir", str(folder), str(SOURCE)], check=True, capture_output=True
+        built = subprocess.run(
+            [sys.executable, "-m", "build", "-q", "--outdir", str(folder), str(SOURCE)], capture_output=True, text=True
         )
+        assert built.returncode == 0, f"python -m build failed:\n{built.stdout}\n{built.stderr}"
     wheels, sdists = sorted(Path(folder).glob("*.whl")), sorted(Path(folder).glob("*.tar.gz"))
     assert len(wheels) == 1 and len(sdists) == 1, f"expected one wheel and one sdist in {folder}: {wheels + sdists}"
     return wheels[0], sdists[0]
