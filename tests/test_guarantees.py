@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from pytest_gradhealth import probe
+from pytest_gradhealth import probe, reference
 
 
 class Classifier(nn.Module):
@@ -193,3 +193,28 @@ def test_guarantees_hold_across_models_and_options(
     np.testing.assert_array_equal(first.norms, second.norms)
     np.testing.assert_array_equal(first.sample_norms, second.sample_norms)
     assert first.norms.shape == (checkpoints or 6,) and np.isfinite(first.norms).all()
+
+
+def test_a_buffer_that_forward_reassigns_is_put_back():
+    class Counter(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = nn.RNN(3, 4, batch_first=True)
+            self.register_buffer("calls", torch.zeros(()))
+
+        def forward(self, x):
+            self.calls = self.calls + 1  # a new tensor under the same name
+            return self.rnn(x)[0]
+
+    model = Counter()
+    original = model.calls
+    probe(model, 5)
+    assert model.calls is original and model.calls.item() == 0
+
+
+def test_reference_models_leave_every_cuda_generator_alone(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: calls.append(seed))
+    monkeypatch.setattr(torch.cuda, "manual_seed", lambda seed: calls.append(seed))
+    reference.lstm(4, 8, seed=3)
+    assert calls == []

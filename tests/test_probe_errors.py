@@ -195,3 +195,18 @@ def test_token_index_out_of_range_points_at_vocab_size():
     model = nn.Sequential(nn.Embedding(10, 4), nn.RNN(4, 4, batch_first=True))
     with pytest.raises(ModelInterfaceError, match="vocab_size="):
         probe(model, 5, vocab_size=50)
+
+
+@pytest.mark.parametrize("seed", [2**64, -(2**63) - 1])
+def test_a_seed_out_of_a_generators_range_is_refused(seed):
+    with pytest.raises(InvalidArgumentError, match="seed must be"):
+        probe(nn.RNN(3, 4, batch_first=True), 5, seed=seed)
+
+
+@pytest.mark.parametrize("role", ["input_fn", "loss_fn"])
+def test_a_failing_user_function_is_named(role):
+    def broken(*args):
+        raise ZeroDivisionError("division by zero")
+
+    with pytest.raises(ModelForwardError, match=f"{role} raised ZeroDivisionError: division by zero"):
+        probe(nn.RNN(3, 4, batch_first=True), 5, **{role: broken})

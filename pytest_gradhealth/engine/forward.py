@@ -1,0 +1,95 @@
+"""The forward pass on the probe's inputs, and the loss on its output."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from pytest_gradhealth.engine.inputs import call_user
+from pytest_gradhealth.engine.options import ProbeOptions
+from pytest_gradhealth.engine.sequences import last_steps
+from pytest_gradhealth.errors import (
+    GradHealthError,
+    InvalidArgumentError,
+    ModelForwardError,
+    ModelInterfaceError,
+)
+
+_SHAPE_WORDS = re.compile(r"size|shape|dimension|dim\b|mat1|expected .*input|index out of range", re.IGNORECASE)
+
+
+def model_name(model: Any) -> str:
+    """The model's class name, or a plain callable's own name."""
+    return type(model).__name__ if isinstance(model, nn.Module) else getattr(model, "__name__", type(model).__name__)
+
+
+def run_forward(model: Any, x: torch.Tensor, options: ProbeOptions) -> Any:
+    """The model's output on `x`; a failure is re-raised as a GradHealthError saying what the probe gave it."""
+    try:
+        if options.packed:
+            return model(pack_padded_sequence(x, options.lengths, options.batch_first, enforce_sorted=False))
+        return model(x)
+    except GradHealthError:
+        raise
+    except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+        given = f"{'token' if not x.is_floating_point() else 'float'} input of shape {tuple(x.shape)}, {x.dtype}"
+        if _SHAPE_WORDS.search(str(exc)):
+            raise ModelInterfaceError(
+                f"{model_name(model)} rejected the probe's {given} ({options.layout_name}): {exc}. "
+                "Pass input_size=, batch_first=, vocab_size= or inputs= to match what the model expects"
+            ) from exc
+        raise ModelForwardError(f"{model_name(model)} raised inside forward on the probe's {given}: {exc}") from exc
+    except Exception as exc:
+        raise ModelForwardError(
+            f"{model_name(model)} raised {type(exc).__name__} inside forward on the probe's input of shape "
+            f"{tuple(x.shape)}: {exc}"
+        ) from exc
+
+
+def _first_tensor(output: Any) -> Any:
+    while isinstance(output, (tuple, list)) and not isinstance(output, PackedSequence) and output:
+        output = output[0]
+    return output
+
+
+def loss_of(output: Any, options: ProbeOptions, generator: torch.Generator, batch: int) -> torch.Tensor:
+    """`loss_fn(output)`, or the default: sum over the batch of <v, y_T>, v a unit vector drawn from `generator`."""
+    if options.loss_fn is not None:
+        loss = call_user(options.loss_fn, "loss_fn", output)
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.is_floating_point():
+            shown = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
+            raise InvalidArgumentError(f"loss_fn must return a floating scalar tensor, got {shown}")
+        return loss.reshape(())
+    y = _first_tensor(output)
+    if isinstance(y, PackedSequence):
+        y = pad_packed_sequence(y, batch_first=options.batch_first)[0]
+    if not isinstance(y, torch.Tensor):
+        raise ModelInterfaceError(
+            f"the model returned {type(y).__name__}; the probe expects a tensor (batch, seq, features) or "
+            "(batch, features), or a tuple whose first element is one; pass loss_fn= for other outputs"
+        )
+    if not y.is_floating_point():
+        raise ModelInterfaceError(
+            f"the model's output is a {y.dtype} tensor, which carries no gradient; return the floating output "
+            "(logits, hidden states) or pass loss_fn="
+        )
+    if y.dim() < 2:
+        raise ModelInterfaceError(
+            f"the model's output has shape {tuple(y.shape)}: no time step to take. Expected {options.layout_name} "
+            "or (batch, features); pass loss_fn= to define the loss yourself"
+        )
+    if y.dim() >= 3:
+        y = last_steps(y, options.lengths, options.seq_len, options.batch_first)  # type: ignore[arg-type]
+    y = y.reshape(y.shape[0], -1)
+    if y.shape[0] != batch:
+        raise ModelInterfaceError(
+            f"the model's output has {y.shape[0]} rows at its last step but the batch has {batch}: the output's "
+            f"layout does not match the input's {options.layout_name}; check batch_first"
+        )
+    v = torch.randn(y.shape[1], generator=generator, dtype=torch.float64)
+    v = (v / v.norm()).to(dtype=y.dtype, device=y.device)
+    return (y * v).sum()

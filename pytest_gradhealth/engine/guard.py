@@ -1,0 +1,71 @@
+"""The guard: the probe runs on the user's model and leaves it, and the global random state, as they were."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@contextlib.contextmanager
+def guarded(model: Any, mode: str, device: torch.device, seed: int) -> Iterator[Any]:
+    """Put the model in the probe's mode and the global RNG on `seed`; restore both, and every buffer, after."""
+    if device.type == "cuda":
+        torch.cuda.init()
+    cuda_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    modules = list(model.modules()) if isinstance(model, nn.Module) else []
+    flags = [m.training for m in modules]
+    # Each buffer object and its values: forward may update a buffer in place or assign a new tensor to its name.
+    buffers = [(m, name, b, b.detach().clone()) for m in modules for name, b in m._buffers.items() if b is not None]
+    cudnn_off = device.type == "cuda" and mode == "eval"  # cuDNN's RNN backward refuses to run in eval mode
+    try:
+        cudnn = torch.backends.cudnn.flags(enabled=False) if cudnn_off else contextlib.nullcontext()
+        with torch.random.fork_rng(devices=cuda_devices), cudnn:
+            # Dropout in train mode draws from the global generators. Seed only those fork_rng restores:
+            # torch.manual_seed would also queue a seed that a not yet initialised CUDA applies after the probe
+            # (and capture a stack trace to do so, a large share of a small probe's cost).
+            torch.default_generator.manual_seed(seed)
+            for index in cuda_devices:
+                torch.cuda.default_generators[index].manual_seed(seed)
+            for m in modules:
+                m.training = mode == "train"
+            yield model
+    finally:
+        for m, flag in zip(modules, flags, strict=False):
+            m.training = flag
+        with torch.no_grad():
+            for m, name, buffer, saved in buffers:
+                m._buffers[name] = buffer
+                if buffer.shape == saved.shape and not torch.equal(buffer, saved):
+                    buffer.copy_(saved)
+
+
+def dtype_and_device(model: Any) -> tuple[torch.dtype, torch.device]:
+    """The dtype and device of the model's first floating parameter or buffer (the defaults for a plain callable)."""
+    if isinstance(model, nn.Module):
+        for tensor in (*model.parameters(), *model.buffers()):
+            if tensor.is_floating_point():
+                return tensor.dtype, tensor.device
+    return torch.get_default_dtype(), torch.device("cpu")
+
+
+def converted(
+    model: Any, dtype: torch.dtype, device: torch.device, model_dtype: torch.dtype, model_device: torch.device
+) -> Any:
+    """The model itself, or a converted copy when another dtype or device was asked (the model is never moved)."""
+    if not isinstance(model, nn.Module) or (dtype == model_dtype and _same_device(device, model_device)):
+        return model
+    return copy.deepcopy(model).to(dtype=dtype, device=device)
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    if a.type != b.type:
+        return False
+    if a.type == "cuda":
+        current = torch.cuda.current_device()
+        return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
+    return True

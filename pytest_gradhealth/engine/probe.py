@@ -1,0 +1,243 @@
+"""`probe`: one BPTT pass that measures how much gradient of a loss on the last output reaches each timestep.
+
+The line every probe runs: options -> model facts -> guard -> inputs -> tap -> forward -> loss -> gradient -> profile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence
+
+from pytest_gradhealth.engine import guard, kinds
+from pytest_gradhealth.engine.forward import loss_of, model_name, run_forward
+from pytest_gradhealth.engine.inputs import make_inputs
+from pytest_gradhealth.engine.options import (
+    DEFAULT_SEED,
+    STATE_MEASURES,
+    InputFn,
+    LossFn,
+    ProbeOptions,
+    make_options,
+)
+from pytest_gradhealth.engine.sequences import batch_rms
+from pytest_gradhealth.engine.taps.base import Tap
+from pytest_gradhealth.engine.taps.embedding import EmbeddingTap
+from pytest_gradhealth.engine.taps.inputs import InputTap
+from pytest_gradhealth.engine.target import state_tap
+from pytest_gradhealth.errors import (
+    DisconnectedGradientError,
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    ModelInterfaceError,
+)
+from pytest_gradhealth.profile import GradientProfile
+from pytest_gradhealth.recording import emit
+
+
+def probe(
+    model: nn.Module | Callable[..., Any],
+    seq_len: int,
+    *,
+    input_size: int | None = None,
+    batch_size: int | None = None,
+    seed: int = DEFAULT_SEED,
+    inputs: torch.Tensor | PackedSequence | None = None,
+    input_fn: InputFn | None = None,
+    vocab_size: int | None = None,
+    batch_first: bool | None = None,
+    loss_fn: LossFn | None = None,
+    dtype: torch.dtype | str | None = None,
+    device: torch.device | str | None = None,
+    mode: str = "eval",
+    measure: str = "input",
+    name: str | None = None,
+    layer: int | None = None,
+    module: str | nn.Module | None = None,
+    cell: str | nn.Module | None = None,
+    checkpoints: int | None = None,
+    contributions: bool = False,
+    lengths: Sequence[int] | torch.Tensor | None = None,
+) -> GradientProfile:
+    """Run one BPTT pass and measure the gradient norm that a loss on the last output sends to each timestep.
+
+    Inputs are N(0, 1) of shape (batch, seq_len, input_size) drawn from a private generator seeded by `seed`
+    (`inputs=` or `input_fn(batch_size, seq_len, generator)` replace them; `vocab_size=` draws integer tokens and
+    measures at the model's `nn.Embedding` output). The default loss is sum over the batch of <v, y_T> with v a
+    fixed random unit vector; `loss_fn(output)` replaces it. The model, its gradients and the global random state
+    are left exactly as they were. `dtype`/`device` other than the model's probe a copy of it.
+
+    `measure="hidden"`/`"cell"` measure dL/dh_t / dL/dc_t of the recurrent states after each step t instead, in
+    `layer` (the top one by default) of the model's nn.RNN/LSTM/GRU (`module=` names it when there are several) or
+    at the outputs of a `cell=` called once per step; `contributions=True` adds each step's share of the recurrent
+    weights' gradient. `checkpoints=K` measures K evenly spaced steps. `lengths=` (or a PackedSequence input) marks
+    a padded batch: the loss is on each sample's last real step and norms are aligned by the lag from it.
+    """
+    # Every keyword above is a ProbeOptions field of the same name; batch_first=None becomes the model's layout.
+    given = {name: value for name, value in locals().items() if name not in ("model", "seq_len")}
+    return run_probe(model, make_options(model, seq_len, given))
+
+
+def run_probe(
+    model: Any, options: ProbeOptions, check: Callable[[GradientProfile], dict] | None = None
+) -> GradientProfile:
+    """Measure, then hand the profile and the verdict of `check` (if any) to the recording observers.
+
+    A disconnected model is recorded with the verdict "disconnected" before its error propagates.
+    """
+    try:
+        profile = measure_profile(model, options)
+    except DisconnectedGradientError as exc:
+        if exc.profile is not None:
+            emit(exc.profile, {"verdict": "disconnected", "message": str(exc)})
+        raise
+    emit(profile, None if check is None else check(profile))
+    return profile
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the probe reads from the model before it runs it."""
+
+    dtype: torch.dtype  # the probe's: asked, or the model's own
+    device: torch.device
+    model_dtype: torch.dtype
+    model_device: torch.device
+    vocab_size: int | None  # token inputs are drawn when set
+    input_size: int | None  # float inputs of this many features are drawn when set
+    hidden_size: int | None
+
+
+def model_facts(model: Any, options: ProbeOptions) -> ModelFacts:
+    """The dtype, device, input kind and size, and hidden size of `model`, or an error naming what to pass."""
+    if not callable(model):
+        raise InvalidArgumentTypeError(
+            f"model must be a torch.nn.Module or a callable taking the input tensor, got {type(model).__name__}"
+        )
+    model_dtype, model_device = guard.dtype_and_device(model)
+    first = kinds.first_input_module(model)
+    vocab_size = options.vocab_size
+    if vocab_size is None and first is not None and first[1].vocab_size is not None:
+        vocab_size = first[1].vocab_size(first[0])
+    input_size = None
+    if vocab_size is None and options.inputs is None and options.input_fn is None:
+        input_size = options.input_size or _input_size(model, first)
+    return ModelFacts(
+        dtype=options.dtype or model_dtype,
+        device=options.device or model_device,
+        model_dtype=model_dtype,
+        model_device=model_device,
+        vocab_size=vocab_size,
+        input_size=input_size,
+        hidden_size=kinds.hidden_size_of(model),
+    )
+
+
+def _input_size(model: Any, first: tuple[nn.Module, kinds.ModuleKind] | None) -> int:
+    if first is not None and first[1].input_size is not None:
+        return first[1].input_size(first[0])
+    raise InvalidArgumentError(
+        f"cannot infer input_size for {model_name(model)}: it has no nn.RNN/LSTM/GRU, cell or nn.Linear to read "
+        "it from; pass input_size=, inputs= or input_fn="
+    )
+
+
+def measure_profile(model: nn.Module | Callable[..., Any], options: ProbeOptions) -> GradientProfile:
+    """`probe` without the recording: validated options in, profile out."""
+    facts = model_facts(model, options)
+    window = options.window
+    tap: Tap | None = None
+    if options.measure in STATE_MEASURES:
+        tap = state_tap(
+            model, options.measure, options.layer, options.module, options.cell, options.contributions, window
+        )
+    with guard.guarded(model, options.mode, facts.device, options.seed) as guarded:
+        run_model = guard.converted(guarded, facts.dtype, facts.device, facts.model_dtype, facts.model_device)
+        generator = torch.Generator(device="cpu").manual_seed(options.seed)
+        x = make_inputs(options, generator, facts.vocab_size, facts.input_size, facts.dtype, facts.device)
+        batch = x.shape[1 - options.time_axis]
+        tokens = not x.is_floating_point()
+        embedding = kinds.embedding_of(run_model) if tokens else None
+        if tokens and embedding is None:
+            raise ModelInterfaceError(
+                f"token inputs ({x.dtype}) need an nn.Embedding in the model, where the probe measures the "
+                f"gradient, but {model_name(model)} has none; give float inputs instead"
+            )
+        if tap is None:
+            tap = InputTap(window) if embedding is None else EmbeddingTap(embedding, window, batch)
+        with contextlib.ExitStack() as stack:
+            x = tap.attach(run_model, x, stack)
+            output = run_forward(run_model, x, options)
+            loss = loss_of(output, options, generator, batch)
+            grads = _gradients(loss, tap.measured(), model)
+        result = tap.result(grads)
+    norms, sample_norms = batch_rms(result.squares, result.valid)
+    profile = GradientProfile(
+        norms=norms,
+        sample_norms=sample_norms,
+        seq_len=options.seq_len,
+        steps=options.steps,
+        name=options.name or model_name(model),
+        model=model_name(model),
+        batch_size=batch,
+        seed=options.seed,
+        dtype=str(facts.dtype).replace("torch.", ""),
+        device=str(facts.device),
+        measure=options.measure,
+        mode=options.mode,
+        inputs="tokens" if tokens else "float",
+        input_size=int(embedding.embedding_dim if embedding is not None else x.shape[-1]),
+        hidden_size=facts.hidden_size,
+        layer=tap.layer,
+        versions=_versions(),
+        contributions=result.contributions,
+    )
+    _check_connected(profile, model)
+    return profile
+
+
+def _gradients(loss: torch.Tensor, measured: list[torch.Tensor], model: Any) -> list[torch.Tensor]:
+    if not loss.requires_grad:
+        raise DisconnectedGradientError(
+            f"the loss does not depend on the inputs at all: {model_name(model)}'s output carries no gradient "
+            "(computed under torch.no_grad, detached, or not from the input). This is a disconnected graph, "
+            "not vanishing"
+        )
+    grads = torch.autograd.grad(loss, measured, allow_unused=True)
+    return [torch.zeros_like(m) if g is None else g for m, g in zip(measured, grads, strict=False)]
+
+
+def _check_connected(profile: GradientProfile, model: Any) -> None:
+    norms = profile.norms
+    if np.all(norms == 0.0):
+        error = DisconnectedGradientError(
+            f"the gradient of the loss is exactly zero at every one of the {profile.seq_len} timesteps: "
+            f"{model_name(model)}'s output at the last step does not depend on its input (a detached path, "
+            "dead ReLUs, a zeroed mask). This is a disconnected graph, not vanishing"
+        )
+        error.profile = profile
+        raise error
+    if norms[-1] == 0.0:
+        raise ModelInterfaceError(
+            f"the gradient at the last timestep is exactly zero while earlier steps have some: ratios relative to "
+            f"it would be meaningless. {model_name(model)}'s last output does not depend on its last input (a delay "
+            "or a masked final step); pass loss_fn= to put the loss where the last input matters"
+        )
+
+
+def _versions() -> dict[str, str]:
+    from pytest_gradhealth import __version__
+
+    return {
+        "pytest_gradhealth": __version__,
+        "torch": str(torch.__version__),
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
