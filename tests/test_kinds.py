@@ -32,16 +32,28 @@ class RNNModel(nn.Module):
         (nn.RNNCell(2, 3), "RNNCell", CellStatesTap),
         (nn.Embedding(5, 3), "Embedding", None),
         (nn.Linear(2, 3), "Linear", None),
+        (nn.Conv1d(2, 3, 3), "Conv1d", None),
     ],
 )
 def test_each_builtin_module_has_one_kind_and_its_tap(module, kind, tap):
     found = kinds.kind_of(module)
     assert found is not None and found.name == kind and found.state_tap is tap
-    assert [k.name for k in kinds.KINDS if k.matches(module)] == [kind]
+    assert [k.name for k in kinds.KINDS if k.matches(module) and k.role != "declared"] == [kind]
+
+
+def test_a_module_of_the_users_own_that_declares_its_input_size_has_the_catch_all_kind():
+    class IndRNN(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.input_size, self.hidden_size = 3, 7
+
+    found = kinds.kind_of(IndRNN())
+    assert found is not None and found.role == "declared" and found is kinds.KINDS[-1]
+    assert (found.input_size(IndRNN()), kinds.hidden_size_of(IndRNN())) == (3, 7)
 
 
 def test_an_unknown_module_has_no_kind():
-    assert kinds.kind_of(nn.Conv1d(2, 3, 3)) is None
+    assert kinds.kind_of(nn.Conv2d(2, 3, 3)) is None
 
 
 def test_advice_is_for_the_recurrent_module_the_model_contains_not_its_class_name():
@@ -61,4 +73,4 @@ def test_sizes_are_read_from_the_modules():
     assert first is model.encoder and kind.vocab_size(first) == 10
     assert kinds.hidden_size_of(model) == 6
     assert kinds.embedding_of(model) is model.encoder
-    assert kinds.batch_first_of(model) is False
+    assert kinds.layout_of(model) == "time-batch-feature"

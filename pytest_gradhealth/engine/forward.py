@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 from typing import Any
 
@@ -11,7 +12,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from pytest_gradhealth.engine.inputs import call_user
 from pytest_gradhealth.engine.options import ProbeOptions
-from pytest_gradhealth.engine.sequences import last_steps
+from pytest_gradhealth.engine.sequences import BATCH_FEATURE_TIME, TIME_BATCH_FEATURE, last_steps
 from pytest_gradhealth.errors import (
     GradHealthError,
     InvalidArgumentError,
@@ -19,6 +20,7 @@ from pytest_gradhealth.errors import (
     ModelInterfaceError,
 )
 
+_TOKEN_WORDS = re.compile(r"indices.*(Long|Int)|expected .*(Long|Int).*(Float|Double|Half)", re.IGNORECASE)
 _SHAPE_WORDS = re.compile(r"size|shape|dimension|dim\b|mat1|expected .*input|index out of range", re.IGNORECASE)
 
 
@@ -27,20 +29,42 @@ def model_name(model: Any) -> str:
     return type(model).__name__ if isinstance(model, nn.Module) else getattr(model, "__name__", type(model).__name__)
 
 
+class TokenInputsExpected(ModelInterfaceError):
+    """The model looked up float inputs in an embedding: it reads token indices."""
+
+
 def run_forward(model: Any, x: torch.Tensor, options: ProbeOptions) -> Any:
-    """The model's output on `x`; a failure is re-raised as a GradHealthError saying what the probe gave it."""
+    """The model's output on `x`; a failure is re-raised as a GradHealthError saying what the probe gave it.
+
+    `forward(model, x)` calls the model when given; otherwise a forward that needs more positional arguments than the
+    input gets `model.init_hidden(batch)` for the first (PyTorch's examples' convention) and None for the rest.
+    """
     try:
+        if options.forward is not None:
+            return options.forward(model, x)
         if options.packed:
             return model(pack_padded_sequence(x, options.lengths, options.batch_first, enforce_sorted=False))
-        return model(x)
+        return model(x, *_state_arguments(model, x.shape[options.window.batch_axis]))
     except GradHealthError:
         raise
-    except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+    except torch.OutOfMemoryError as exc:
+        raise ModelForwardError(
+            f"{model_name(model)} ran out of memory on the probe's input of shape {tuple(x.shape)} "
+            f"({x.numel() * x.element_size() / 2**20:.1f} MiB of input, plus the activations autograd keeps for every "
+            "step); pass a smaller batch_size= or seq_len, or checkpoints= with measure='hidden'"
+        ) from exc
+    except (RuntimeError, ValueError, IndexError, TypeError, NotImplementedError) as exc:
         given = f"{'token' if not x.is_floating_point() else 'float'} input of shape {tuple(x.shape)}, {x.dtype}"
+        if x.is_floating_point() and _TOKEN_WORDS.search(str(exc)):
+            raise TokenInputsExpected(
+                f"{model_name(model)} looks its input up in an embedding, which needs token indices, but the probe "
+                f"gave it a {given}: pass vocab_size= (the embedding's number of tokens) to probe it with tokens"
+            ) from exc
         if _SHAPE_WORDS.search(str(exc)):
             raise ModelInterfaceError(
                 f"{model_name(model)} rejected the probe's {given} ({options.layout_name}): {exc}. "
-                "Pass input_size=, batch_first=, vocab_size= or inputs= to match what the model expects"
+                "Pass input_size=, layout= (batch_first=), vocab_size=, forward= or inputs= to match what the model "
+                "expects"
             ) from exc
         raise ModelForwardError(f"{model_name(model)} raised inside forward on the probe's {given}: {exc}") from exc
     except Exception as exc:
@@ -48,6 +72,31 @@ def run_forward(model: Any, x: torch.Tensor, options: ProbeOptions) -> Any:
             f"{model_name(model)} raised {type(exc).__name__} inside forward on the probe's input of shape "
             f"{tuple(x.shape)}: {exc}"
         ) from exc
+
+
+def _state_arguments(model: Any, batch: int) -> list[Any]:
+    """What to pass after the input to a forward that requires more: the model's initial state, then None."""
+    try:
+        parameters = list(
+            inspect.signature(model.forward if isinstance(model, nn.Module) else model).parameters.values()
+        )
+    except (TypeError, ValueError):  # a builtin or C callable: no signature to read
+        return []
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    required = [p for p in parameters[1:] if p.kind in positional and p.default is inspect.Parameter.empty]
+    if not required:
+        return []
+    init_hidden = getattr(model, "init_hidden", None)
+    if not callable(init_hidden):
+        return [None] * len(required)
+    try:
+        state = init_hidden(batch)
+    except Exception as exc:
+        raise ModelForwardError(
+            f"{model_name(model)}.forward needs a state argument and the probe called init_hidden({batch}), which "
+            f"raised {type(exc).__name__}: {exc}; pass forward=lambda model, x: ... to call the model yourself"
+        ) from exc
+    return [state] + [None] * (len(required) - 1)
 
 
 def _first_tensor(output: Any) -> Any:
@@ -77,18 +126,22 @@ def loss_of(output: Any, options: ProbeOptions, generator: torch.Generator, batc
             f"the model's output is a {y.dtype} tensor, which carries no gradient; return the floating output "
             "(logits, hidden states) or pass loss_fn="
         )
+    if y.dim() == 2 and y.shape[0] == options.seq_len * batch and options.layout != BATCH_FEATURE_TIME:
+        # A language model output flattened to (seq * batch, vocab) for its cross-entropy, in its own layout.
+        outer = (options.seq_len, batch) if options.layout == TIME_BATCH_FEATURE else (batch, options.seq_len)
+        y = y.reshape(*outer, -1)
     if y.dim() < 2:
         raise ModelInterfaceError(
             f"the model's output has shape {tuple(y.shape)}: no time step to take. Expected {options.layout_name} "
             "or (batch, features); pass loss_fn= to define the loss yourself"
         )
     if y.dim() >= 3:
-        y = last_steps(y, options.lengths, options.seq_len, options.batch_first)  # type: ignore[arg-type]
+        y = last_steps(y, options.lengths, options.seq_len, options.layout)  # type: ignore[arg-type]
     y = y.reshape(y.shape[0], -1)
     if y.shape[0] != batch:
         raise ModelInterfaceError(
             f"the model's output has {y.shape[0]} rows at its last step but the batch has {batch}: the output's "
-            f"layout does not match the input's {options.layout_name}; check batch_first"
+            f"layout does not match the input's {options.layout_name}; pass layout= (or batch_first=)"
         )
     v = torch.randn(y.shape[1], generator=generator, dtype=torch.float64)
     v = (v / v.norm()).to(dtype=y.dtype, device=y.device)

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from pytest_gradhealth.engine.options import DEFAULT_BATCH_SIZE, ProbeOptions
-from pytest_gradhealth.engine.sequences import packed_as_padded, zero_padding
+from pytest_gradhealth.engine.sequences import from_batch_time, packed_as_padded, zero_padding
 from pytest_gradhealth.errors import InvalidArgumentTypeError, ModelForwardError
 
 
@@ -32,16 +32,15 @@ def make_inputs(
             raise InvalidArgumentTypeError(f"input_fn must return a torch.Tensor, got {type(x).__name__}")
         options.check_inputs(x)
         x = x.detach().clone()
-    else:  # drawn batch-first whatever the layout, so a time-major model sees the same sequences
+    else:  # drawn batch-first whatever the layout, so a model of any layout sees the same sequences
         if vocab_size is not None:
             x = torch.randint(0, vocab_size, (batch, options.seq_len), generator=generator)
         else:
             assert input_size is not None
             x = torch.randn((batch, options.seq_len, input_size), generator=generator, dtype=torch.float64)
-        if not options.batch_first:
-            x = x.transpose(0, 1).contiguous()
-    if options.lengths is not None and options.inputs is None and options.input_fn is None:
-        x = zero_padding(x, options.lengths, options.batch_first)  # type: ignore[arg-type]
+        if options.lengths is not None:
+            x = zero_padding(x, options.lengths)  # type: ignore[arg-type]
+        x = from_batch_time(x, options.layout).contiguous()  # type: ignore[arg-type]
     if x.is_floating_point():
         return x.to(device=device, dtype=dtype)
     return x.to(device=device)

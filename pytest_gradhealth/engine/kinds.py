@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import nn
 
+from pytest_gradhealth.engine.sequences import BATCH_FEATURE_TIME, BATCH_TIME_FEATURE, TIME_BATCH_FEATURE
 from pytest_gradhealth.engine.taps.cells import CellStatesTap
 from pytest_gradhealth.engine.taps.fused import FusedStatesTap
 
@@ -39,14 +40,15 @@ class ModuleKind:
 
     name: str
     matches: Callable[[nn.Module], bool]
-    role: str  # "sequence" (runs the whole sequence), "cell" (once per step), "embedding", "projection"
+    role: str  # "sequence" (runs the whole sequence), "cell" (once per step), "embedding", "projection", "declared"
     input_size: Callable[[Any], int] | None = None  # features per step of the float input it takes
     vocab_size: Callable[[Any], int] | None = None  # tokens it takes, for a kind that takes token indices
-    hidden_size: Callable[[Any], int] | None = None
+    hidden_size: Callable[[Any], int | None] | None = None
     state_tap: type[FusedStatesTap] | type[CellStatesTap] | None = None
     cell_state: bool = False  # an LSTM's c_t besides h_t
     contributions: bool = False  # its recurrent weights can be split by step (weight_hh_l*, or a cell's weight_hh)
     advice: str | None = None  # what to change when the gradient vanishes through it
+    layout: str = BATCH_TIME_FEATURE  # the layout of its input, where it declares none
 
 
 def _recurrent(
@@ -84,6 +86,21 @@ KINDS: tuple[ModuleKind, ...] = (
     _recurrent("RNNCell", _instance(nn.RNNCell), CellStatesTap, _RNN_ADVICE),
     ModuleKind("Embedding", _instance(nn.Embedding), "embedding", vocab_size=lambda m: int(m.num_embeddings)),
     ModuleKind("Linear", _instance(nn.Linear), "projection", input_size=lambda m: int(m.in_features)),
+    ModuleKind(
+        "Conv1d",
+        _instance(nn.Conv1d),
+        "projection",
+        input_size=lambda m: int(m.in_channels),
+        layout=BATCH_FEATURE_TIME,
+    ),
+    # Last: a module of the user's own (an IndRNN, an SSM layer) that says what it takes, as nn.RNN does.
+    ModuleKind(
+        "declares input_size",
+        lambda m: isinstance(getattr(m, "input_size", None), int),
+        "declared",
+        input_size=lambda m: int(m.input_size),
+        hidden_size=lambda m: int(m.hidden_size) if isinstance(getattr(m, "hidden_size", None), int) else None,
+    ),
 )
 
 RECURRENT_ROLES = ("sequence", "cell")
@@ -108,24 +125,32 @@ def contained(model: Any, *roles: str) -> list[tuple[str, nn.Module, ModuleKind]
 
 def first_input_module(model: Any) -> tuple[nn.Module, ModuleKind] | None:
     """The first registered module in the model: the one that receives the input, by registration order."""
-    found = contained(model, "sequence", "cell", "embedding", "projection")
+    found = contained(model, "sequence", "cell", "embedding", "projection", "declared")
     return None if not found else found[0][1:]  # type: ignore[return-value]
 
 
-def batch_first_of(model: Any) -> bool:
-    """The layout of the model's first nn.RNN/LSTM/GRU (batch-first when it has none): PyTorch's own default is
-    time-major, and a probe in the other layout would measure a different sequence than the user means."""
-    found = contained(model, "sequence")
-    return True if not found else bool(found[0][1].batch_first)
+def layout_of(model: Any) -> str:
+    """The layout the model declares: the `batch_first` of the first module that has one (the model itself, an
+    nn.RNN/LSTM/GRU, nn.MultiheadAttention, a Transformer layer, a user's recurrent module), else the layout of the
+    first registered module that receives the input (channels-first for a convolution), else batch-first.
+
+    PyTorch's own default is time-major, and a probe in the other layout would measure another sequence."""
+    if isinstance(model, nn.Module):
+        for module in model.modules():
+            declared = getattr(module, "batch_first", None)
+            if isinstance(declared, bool):
+                return BATCH_TIME_FEATURE if declared else TIME_BATCH_FEATURE
+    first = first_input_module(model)
+    return BATCH_TIME_FEATURE if first is None else first[1].layout
 
 
 def hidden_size_of(model: Any) -> int | None:
     """The hidden size of the model's first recurrent module or cell, when it has one."""
-    found = contained(model, *RECURRENT_ROLES)
-    if not found:
-        return None
-    _, module, kind = found[0]
-    return None if kind.hidden_size is None else kind.hidden_size(module)
+    for _, module, kind in contained(model, *RECURRENT_ROLES, "declared"):
+        size = None if kind.hidden_size is None else kind.hidden_size(module)
+        if size is not None:
+            return size
+    return None
 
 
 def embedding_of(model: Any) -> nn.Module | None:

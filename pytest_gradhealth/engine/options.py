@@ -12,7 +12,16 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from pytest_gradhealth.engine import kinds
-from pytest_gradhealth.engine.sequences import Window, measured_steps, normalise_lengths, packed_as_padded
+from pytest_gradhealth.engine.sequences import (
+    BATCH_FEATURE_TIME,
+    BATCH_TIME_FEATURE,
+    LAYOUTS,
+    TIME_BATCH_FEATURE,
+    Window,
+    measured_steps,
+    normalise_lengths,
+    packed_as_padded,
+)
 from pytest_gradhealth.errors import InvalidArgumentError, InvalidArgumentTypeError
 
 STATE_MEASURES = ("hidden", "cell")
@@ -23,6 +32,7 @@ DEFAULT_SEED = 0
 
 InputFn = Callable[[int, int, torch.Generator], torch.Tensor]
 LossFn = Callable[[Any], torch.Tensor]
+ForwardFn = Callable[[Any, torch.Tensor], Any]
 
 
 @dataclass
@@ -36,7 +46,7 @@ class ProbeOptions:
     inputs: torch.Tensor | PackedSequence | None = None
     input_fn: InputFn | None = None
     vocab_size: int | None = None
-    batch_first: bool = True
+    batch_first: bool | None = None  # None: as `layout` says, batch-first when neither is given
     loss_fn: LossFn | None = None
     dtype: torch.dtype | None = None
     device: torch.device | None = None
@@ -49,6 +59,8 @@ class ProbeOptions:
     checkpoints: int | None = None
     contributions: bool = False
     lengths: Sequence[int] | torch.Tensor | None = None
+    layout: str | None = None
+    forward: ForwardFn | None = None
 
     def __post_init__(self) -> None:
         check_int("seq_len", self.seq_len, minimum=2, fix="the probe needs at least two timesteps to compare")
@@ -61,14 +73,15 @@ class ProbeOptions:
             raise InvalidArgumentError(f"seed must be < 2**64 (a torch generator's seed), got {self.seed}")
         if self.vocab_size is not None:
             check_int("vocab_size", self.vocab_size, minimum=1)
-        if not isinstance(self.batch_first, bool):
-            raise InvalidArgumentTypeError(f"batch_first must be True or False, got {self.batch_first!r}")
-        for label, fn in (("input_fn", self.input_fn), ("loss_fn", self.loss_fn)):
+        self._resolve_layout()
+        for label, fn in (("input_fn", self.input_fn), ("loss_fn", self.loss_fn), ("forward", self.forward)):
             if fn is not None and not callable(fn):
                 raise InvalidArgumentTypeError(f"{label} must be callable, got {type(fn).__name__}")
         if self.inputs is not None and self.input_fn is not None:
             raise InvalidArgumentError("pass either inputs= or input_fn=, not both")
         if self.packed:
+            if self.layout == BATCH_FEATURE_TIME:
+                raise InvalidArgumentError("a PackedSequence has no channels-first layout; pass its model's layout")
             if self.lengths is not None:
                 raise InvalidArgumentError("a PackedSequence carries its own lengths; pass it or lengths=, not both")
             padded, self.lengths = packed_as_padded(self.inputs, self.batch_first)  # type: ignore[arg-type]
@@ -84,6 +97,20 @@ class ProbeOptions:
         if self.name is not None and not isinstance(self.name, str):
             raise InvalidArgumentTypeError(f"name must be a string, got {type(self.name).__name__}")
         self._check_state_options()
+
+    def _resolve_layout(self) -> None:
+        """`layout` and `batch_first` made to agree: either one given, or both saying the same."""
+        if self.batch_first is not None and not isinstance(self.batch_first, bool):
+            raise InvalidArgumentTypeError(f"batch_first must be True or False, got {self.batch_first!r}")
+        if self.layout is None:
+            self.layout = TIME_BATCH_FEATURE if self.batch_first is False else BATCH_TIME_FEATURE
+        elif self.layout not in LAYOUTS:
+            raise InvalidArgumentError(f"layout must be one of {', '.join(map(repr, LAYOUTS))}, got {self.layout!r}")
+        elif self.batch_first is not None and self.batch_first != (self.layout != TIME_BATCH_FEATURE):
+            raise InvalidArgumentError(
+                f"batch_first={self.batch_first} contradicts layout={self.layout!r}; pass only one of them"
+            )
+        self.batch_first = self.layout != TIME_BATCH_FEATURE
 
     def _check_state_options(self) -> None:
         """`layer`, `module`, `cell`, `contributions` (state measures only), `checkpoints` and `lengths`."""
@@ -135,22 +162,23 @@ class ProbeOptions:
                 f"inputs must have a batch and a time axis, {self.layout_name} (features optional), "
                 f"got shape {tuple(inputs.shape)}"
             )
-        time_len = inputs.shape[self.time_axis]
+        if inputs.shape[self.window.batch_axis] == 0:
+            raise InvalidArgumentError(
+                f"inputs has an empty batch (shape {tuple(inputs.shape)}); give one sample or more"
+            )
+        axis = self.window.seq_axis(inputs)
+        time_len = inputs.shape[axis]
         if time_len != self.seq_len:
             raise InvalidArgumentError(
-                f"inputs has {time_len} timesteps on axis {self.time_axis} ({self.layout_name}) but seq_len is "
-                f"{self.seq_len}; pass seq_len={time_len} or set batch_first to match the layout"
+                f"inputs has {time_len} timesteps on axis {axis} ({self.layout_name}) but seq_len is "
+                f"{self.seq_len}; pass seq_len={time_len} or layout= (batch_first=) to match the layout"
             )
-        batch = inputs.shape[1 - self.time_axis]
+        batch = inputs.shape[self.window.batch_axis]
         if self.batch_size is not None and batch != self.batch_size:
             raise InvalidArgumentError(
                 f"inputs has batch size {batch} but batch_size={self.batch_size} was asked; leave batch_size out "
                 "to use the inputs' own"
             )
-
-    @property
-    def time_axis(self) -> int:
-        return 1 if self.batch_first else 0
 
     @property
     def packed(self) -> bool:
@@ -161,7 +189,7 @@ class ProbeOptions:
         """The batch size of the given inputs."""
         if self.packed:
             return len(self.lengths)  # type: ignore[arg-type]
-        return self.inputs.shape[1 - self.time_axis]  # type: ignore[union-attr]
+        return self.inputs.shape[self.window.batch_axis]  # type: ignore[union-attr]
 
     @property
     def steps(self) -> np.ndarray:
@@ -176,20 +204,20 @@ class ProbeOptions:
     def window(self) -> Window:
         """The timesteps, layout and lengths the taps measure."""
         lengths = None if self.lengths is None else tuple(self.lengths)  # type: ignore[arg-type]
-        return Window(self.seq_len, self.steps, lengths, self.batch_first)
+        return Window(self.seq_len, self.steps, lengths, self.layout)  # type: ignore[arg-type]
 
 
 def make_options(model: Any, seq_len: int, options: dict[str, Any]) -> ProbeOptions:
     """`ProbeOptions` for `model` from keyword options, with an error naming the valid ones when a name is unknown;
-    batch_first, when not given, is the model's own layout."""
+    the layout, when neither layout nor batch_first is given, is the model's own."""
     known = {f.name for f in fields(ProbeOptions)} - {"seq_len"}
     unknown = sorted(set(options) - known)
     if unknown:
         raise InvalidArgumentTypeError(
             f"unknown probe option(s) {', '.join(map(repr, unknown))}; valid options are {', '.join(sorted(known))}"
         )
-    if options.get("batch_first") is None:
-        options = {**options, "batch_first": kinds.batch_first_of(model)}
+    if options.get("batch_first") is None and options.get("layout") is None:
+        options = {**options, "layout": kinds.layout_of(model)}
     return ProbeOptions(seq_len=seq_len, **options)
 
 

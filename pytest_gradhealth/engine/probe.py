@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import platform
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -17,23 +17,31 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from pytest_gradhealth.engine import guard, kinds
-from pytest_gradhealth.engine.forward import loss_of, model_name, run_forward
+from pytest_gradhealth.engine.forward import TokenInputsExpected, loss_of, model_name, run_forward
 from pytest_gradhealth.engine.inputs import make_inputs
 from pytest_gradhealth.engine.options import (
     DEFAULT_SEED,
     STATE_MEASURES,
+    ForwardFn,
     InputFn,
     LossFn,
     ProbeOptions,
     make_options,
 )
-from pytest_gradhealth.engine.sequences import batch_rms
+from pytest_gradhealth.engine.sequences import (
+    BATCH_FEATURE_TIME,
+    BATCH_TIME_FEATURE,
+    TIME_BATCH_FEATURE,
+    batch_rms,
+    to_batch_time,
+)
 from pytest_gradhealth.engine.taps.base import Tap
 from pytest_gradhealth.engine.taps.embedding import EmbeddingTap
 from pytest_gradhealth.engine.taps.inputs import InputTap
 from pytest_gradhealth.engine.target import state_tap
 from pytest_gradhealth.errors import (
     DisconnectedGradientError,
+    GradHealthError,
     InvalidArgumentError,
     InvalidArgumentTypeError,
     ModelInterfaceError,
@@ -65,6 +73,8 @@ def probe(
     checkpoints: int | None = None,
     contributions: bool = False,
     lengths: Sequence[int] | torch.Tensor | None = None,
+    layout: str | None = None,
+    forward: ForwardFn | None = None,
 ) -> GradientProfile:
     """Run one BPTT pass and measure the gradient norm that a loss on the last output sends to each timestep.
 
@@ -80,9 +90,12 @@ def probe(
     weights' gradient. `checkpoints=K` measures K evenly spaced steps. `lengths=` (or a PackedSequence input) marks
     a padded batch: the loss is on each sample's last real step and norms are aligned by the lag from it.
     """
-    # Every keyword above is a ProbeOptions field of the same name; batch_first=None becomes the model's layout.
+    # Every keyword above is a ProbeOptions field of the same name; with no layout given, the model's own is used.
     given = {name: value for name, value in locals().items() if name not in ("model", "seq_len")}
     return run_probe(model, make_options(model, seq_len, given))
+
+
+SEQUENCE_LAYOUTS = (BATCH_TIME_FEATURE, TIME_BATCH_FEATURE)
 
 
 def run_probe(
@@ -152,6 +165,24 @@ def _input_size(model: Any, first: tuple[nn.Module, kinds.ModuleKind] | None) ->
 def measure_profile(model: nn.Module | Callable[..., Any], options: ProbeOptions) -> GradientProfile:
     """`probe` without the recording: validated options in, profile out."""
     facts = model_facts(model, options)
+    try:
+        profile = _measure(model, options, facts)
+    except TokenInputsExpected:
+        embedding = kinds.embedding_of(model)
+        if embedding is None or options.vocab_size is not None or options.inputs is not None or options.input_fn:
+            raise
+        # The model looks its input up in an embedding that is not the first module it registers: probe it with
+        # tokens of that embedding's vocabulary.
+        options = replace(options, vocab_size=kinds.kind_of(embedding).vocab_size(embedding))  # type: ignore[union-attr]
+        facts = model_facts(model, options)
+        profile = _measure(model, options, facts)
+    _check_layout(model, options, profile)
+    _check_connected(profile, model)
+    return profile
+
+
+def _measure(model: Any, options: ProbeOptions, facts: ModelFacts) -> GradientProfile:
+    """The probe's one pass: guard -> inputs -> tap -> forward -> loss -> gradient -> profile."""
     window = options.window
     tap: Tap | None = None
     if options.measure in STATE_MEASURES:
@@ -162,24 +193,24 @@ def measure_profile(model: nn.Module | Callable[..., Any], options: ProbeOptions
         run_model = guard.converted(guarded, facts.dtype, facts.device, facts.model_dtype, facts.model_device)
         generator = torch.Generator(device="cpu").manual_seed(options.seed)
         x = make_inputs(options, generator, facts.vocab_size, facts.input_size, facts.dtype, facts.device)
-        batch = x.shape[1 - options.time_axis]
+        batch = x.shape[window.batch_axis]
         tokens = not x.is_floating_point()
-        embedding = kinds.embedding_of(run_model) if tokens else None
-        if tokens and embedding is None:
-            raise ModelInterfaceError(
-                f"token inputs ({x.dtype}) need an nn.Embedding in the model, where the probe measures the "
-                f"gradient, but {model_name(model)} has none; give float inputs instead"
-            )
         if tap is None:
-            tap = InputTap(window) if embedding is None else EmbeddingTap(embedding, window, batch)
+            tap = EmbeddingTap(window, batch, model_name(model)) if tokens else InputTap(window)
         with contextlib.ExitStack() as stack:
             x = tap.attach(run_model, x, stack)
-            output = run_forward(run_model, x, options)
+            try:
+                output = run_forward(run_model, x, options)
+            except GradHealthError as exc:
+                if isinstance(tap, EmbeddingTap) and not tap.looked_up:
+                    tap.measured()  # the error that says no lookup read the probe's tokens
+                raise exc
             loss = loss_of(output, options, generator, batch)
             grads = _gradients(loss, tap.measured(), model)
         result = tap.result(grads)
     norms, sample_norms = batch_rms(result.squares, result.valid)
-    profile = GradientProfile(
+    features = tap.embedding_dim if isinstance(tap, EmbeddingTap) else to_batch_time(x, window.layout).shape[-1]
+    return GradientProfile(
         norms=norms,
         sample_norms=sample_norms,
         seq_len=options.seq_len,
@@ -193,14 +224,44 @@ def measure_profile(model: nn.Module | Callable[..., Any], options: ProbeOptions
         measure=options.measure,
         mode=options.mode,
         inputs="tokens" if tokens else "float",
-        input_size=int(embedding.embedding_dim if embedding is not None else x.shape[-1]),
+        input_size=int(features),  # type: ignore[arg-type]
         hidden_size=facts.hidden_size,
         layer=tap.layer,
         versions=_versions(),
         contributions=result.contributions,
     )
-    _check_connected(profile, model)
-    return profile
+
+
+def _check_layout(model: Any, options: ProbeOptions, profile: GradientProfile) -> None:
+    """Never a verdict on a layout mismatch: when no gradient reaches any step before the last, probe the other
+    layouts, and if the sequence connects in one of them, say which to pass."""
+    norms = profile.norms
+    if options.measure != "input" or options.inputs is not None or options.input_fn is not None:
+        return  # a state tap reads its module's own layout; given inputs are in the layout the caller says
+    if not (np.all(norms[:-1] == 0.0) and norms[-1] > 0.0):
+        return
+    candidates = (
+        [SEQUENCE_LAYOUTS[1 - SEQUENCE_LAYOUTS.index(options.layout)]]
+        if options.layout in SEQUENCE_LAYOUTS
+        else list(SEQUENCE_LAYOUTS)
+    )
+    if options.layout != BATCH_FEATURE_TIME and any(
+        k.layout == BATCH_FEATURE_TIME for _, _, k in kinds.contained(model, "projection")
+    ):
+        candidates.append(BATCH_FEATURE_TIME)
+    for layout in candidates:
+        other = replace(options, layout=layout, batch_first=None)
+        try:
+            connected = np.any(_measure(model, other, model_facts(model, other)).norms[:-1] > 0.0)
+        except GradHealthError:
+            continue
+        if connected:
+            flag = " (batch_first=False)" if layout == TIME_BATCH_FEATURE else ""
+            raise ModelInterfaceError(
+                f"in layout={options.layout!r} {options.layout_name} no gradient reaches any step before the last: "
+                f"{model_name(model)} reads the probe's timesteps as separate samples. In layout={layout!r} the "
+                f"sequence connects: pass layout={layout!r}{flag}"
+            )
 
 
 def _gradients(loss: torch.Tensor, measured: list[torch.Tensor], model: Any) -> list[torch.Tensor]:

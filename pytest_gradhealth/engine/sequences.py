@@ -16,6 +16,34 @@ from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from pytest_gradhealth.errors import InvalidArgumentError, InvalidArgumentTypeError, ModelInterfaceError
 
+BATCH_TIME_FEATURE = "batch-time-feature"
+TIME_BATCH_FEATURE = "time-batch-feature"
+BATCH_FEATURE_TIME = "batch-feature-time"
+LAYOUTS = (BATCH_TIME_FEATURE, TIME_BATCH_FEATURE, BATCH_FEATURE_TIME)
+_LAYOUT_NAMES = {
+    BATCH_TIME_FEATURE: "(batch, seq, ...)",
+    TIME_BATCH_FEATURE: "(seq, batch, ...)",
+    BATCH_FEATURE_TIME: "(batch, features, seq)",
+}
+
+
+def to_batch_time(x: torch.Tensor, layout: str) -> torch.Tensor:
+    """A tensor in `layout` as (batch, seq, ...); token tensors (batch, seq) of a channels-first model are already."""
+    if layout == TIME_BATCH_FEATURE:
+        return x.transpose(0, 1)
+    if layout == BATCH_FEATURE_TIME and x.dim() >= 3:
+        return x.movedim(-1, 1)
+    return x
+
+
+def from_batch_time(x: torch.Tensor, layout: str) -> torch.Tensor:
+    """A (batch, seq, ...) tensor in `layout` (the inverse of `to_batch_time`)."""
+    if layout == TIME_BATCH_FEATURE:
+        return x.transpose(0, 1)
+    if layout == BATCH_FEATURE_TIME and x.dim() >= 3:
+        return x.movedim(1, -1)
+    return x
+
 
 @dataclass(frozen=True)
 class Window:
@@ -24,15 +52,28 @@ class Window:
     seq_len: int
     steps: np.ndarray
     lengths: tuple[int, ...] | None
-    batch_first: bool
+    layout: str = BATCH_TIME_FEATURE
+
+    @property
+    def batch_first(self) -> bool:
+        return self.layout != TIME_BATCH_FEATURE
 
     @property
     def time_axis(self) -> int:
-        return 1 if self.batch_first else 0
+        """The time axis of a (batch, seq) or (seq, batch) tensor, and of 3-D ones but channels-first."""
+        return 0 if self.layout == TIME_BATCH_FEATURE else 1
+
+    @property
+    def batch_axis(self) -> int:
+        return 1 if self.layout == TIME_BATCH_FEATURE else 0
 
     @property
     def layout_name(self) -> str:
-        return "(batch, seq, ...)" if self.batch_first else "(seq, batch, ...)"
+        return _LAYOUT_NAMES[self.layout]
+
+    def seq_axis(self, x: torch.Tensor) -> int:
+        """The time axis of `x` in this layout."""
+        return x.dim() - 1 if self.layout == BATCH_FEATURE_TIME and x.dim() >= 3 else self.time_axis
 
     def by_lag(self, squares: np.ndarray, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """`by_lag` for this window."""
@@ -81,22 +122,18 @@ def packed_as_padded(packed: PackedSequence, batch_first: bool) -> tuple[torch.T
     return padded.detach(), tuple(int(n) for n in lengths)
 
 
-def zero_padding(x: torch.Tensor, lengths: Sequence[int], batch_first: bool) -> torch.Tensor:
-    """Drawn inputs with zeros (token 0) past each sample's length, as a padded batch holds them."""
-    seq_len = x.shape[1 if batch_first else 0]
-    real = torch.arange(seq_len)[None, :] < torch.tensor(lengths)[:, None]  # (batch, seq)
-    if not batch_first:
-        real = real.T
+def zero_padding(x: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:
+    """Drawn (batch, seq, ...) inputs with zeros (token 0) past each sample's length, as a padded batch holds them."""
+    real = torch.arange(x.shape[1])[None, :] < torch.tensor(lengths)[:, None]  # (batch, seq)
     real = real.reshape(*real.shape, *[1] * (x.dim() - 2)).to(x.device)
     return torch.where(real, x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
-def last_steps(y: torch.Tensor, lengths: Sequence[int] | None, seq_len: int, batch_first: bool) -> torch.Tensor:
+def last_steps(y: torch.Tensor, lengths: Sequence[int] | None, seq_len: int, layout: str) -> torch.Tensor:
     """The output at each sample's own last real step (the last step when no lengths were given)."""
+    y = to_batch_time(y, layout)
     if lengths is None:
-        return y[:, -1] if batch_first else y[-1]
-    if not batch_first:
-        y = y.transpose(0, 1)
+        return y[:, -1]
     if y.shape[0] != len(lengths) or y.shape[1] < seq_len:
         raise ModelInterfaceError(
             f"the model's output has shape {tuple(y.shape)} (batch, seq, ...) but lengths= describes "

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from pytest_gradhealth.engine.sequences import Window
+from pytest_gradhealth.engine.sequences import Window, to_batch_time
 
 
 @dataclass
@@ -39,12 +39,10 @@ class Tap(Protocol):
         ...
 
 
-def step_squares(grads: list[torch.Tensor], batch_first: bool) -> np.ndarray:
+def step_squares(grads: list[torch.Tensor], layout: str) -> np.ndarray:
     """(batch, seq) squared norms, in float64, of one gradient over the whole sequence or one per timestep."""
     if len(grads) == 1:
-        g = grads[0].detach()
-        if not batch_first:
-            g = g.transpose(0, 1)
+        g = to_batch_time(grads[0].detach(), layout)
         # One kernel that reads in float64, not a float64 copy and two more ops: each op is a share of a small probe.
         squares = torch.linalg.vector_norm(g.reshape(g.shape[0], g.shape[1], -1), dim=-1, dtype=torch.float64) ** 2
     else:
@@ -60,7 +58,7 @@ def stacked_squares(grads: torch.Tensor) -> np.ndarray:
 
 def sequence_result(grads: list[torch.Tensor], window: Window) -> TapResult:
     """The result of a tap that reads one tensor per sequence or one per timestep, every step in time order."""
-    return TapResult(*window.by_lag(step_squares(grads, window.batch_first), np.arange(window.seq_len)))
+    return TapResult(*window.by_lag(step_squares(grads, window.layout), np.arange(window.seq_len)))
 
 
 def stand_in_forward(module: torch.nn.Module, forward: Any, stack: contextlib.ExitStack) -> None:
