@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import re
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -39,12 +41,14 @@ def run_forward(model: Any, x: torch.Tensor, options: ProbeOptions) -> Any:
     `forward(model, x)` calls the model when given; otherwise a forward that needs more positional arguments than the
     input gets `model.init_hidden(batch)` for the first (PyTorch's examples' convention) and None for the rest.
     """
+    extra: list[Any] = []
     try:
         if options.forward is not None:
             return options.forward(model, x)
         if options.packed:
             return model(pack_padded_sequence(x, options.lengths, options.batch_first, enforce_sorted=False))
-        return model(x, *_state_arguments(model, x.shape[options.window.batch_axis]))
+        extra = _state_arguments(model, x.shape[options.window.batch_axis])
+        return model(x, *extra)
     except GradHealthError:
         raise
     except torch.OutOfMemoryError as exc:
@@ -66,12 +70,41 @@ def run_forward(model: Any, x: torch.Tensor, options: ProbeOptions) -> Any:
                 "Pass input_size=, layout= (batch_first=), vocab_size=, forward= or inputs= to match what the model "
                 "expects"
             ) from exc
-        raise ModelForwardError(f"{model_name(model)} raised inside forward on the probe's {given}: {exc}") from exc
+        hint = (
+            f"; its forward takes {len(extra)} argument(s) after the input, which the probe filled with "
+            f"{'init_hidden(batch)' if extra[0] is not None else 'None'}{' and None' if len(extra) > 1 else ''}: pass "
+            "forward=lambda model, x: model(x, ...) to call it the way it needs"
+            if extra
+            else ""
+        )
+        raise ModelForwardError(
+            f"{model_name(model)} raised inside forward on the probe's {given}: {exc}{hint}"
+        ) from exc
     except Exception as exc:
         raise ModelForwardError(
             f"{model_name(model)} raised {type(exc).__name__} inside forward on the probe's input of shape "
             f"{tuple(x.shape)}: {exc}"
         ) from exc
+
+
+@contextlib.contextmanager
+def first_receiver(x: torch.Tensor, wanted: Callable[[nn.Module], bool]) -> Iterator[list[nn.Module]]:
+    """Collect, during a forward pass, the first `wanted` module called on `x` or a view of it."""
+    received: list[nn.Module] = []
+    storage = x.untyped_storage().data_ptr()
+
+    def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+        first = args[0] if args else None
+        if received or not isinstance(first, torch.Tensor) or first.untyped_storage().data_ptr() != storage:
+            return
+        if wanted(module):
+            received.append(module)
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)
+    try:
+        yield received
+    finally:
+        handle.remove()
 
 
 def _state_arguments(model: Any, batch: int) -> list[Any]:
@@ -97,6 +130,15 @@ def _state_arguments(model: Any, batch: int) -> list[Any]:
             f"raised {type(exc).__name__}: {exc}; pass forward=lambda model, x: ... to call the model yourself"
         ) from exc
     return [state] + [None] * (len(required) - 1)
+
+
+def _other_layout(options: ProbeOptions, rows: int) -> str:
+    """The layout to suggest when the output's rows are not the batch: time-major when they are the timesteps."""
+    if rows == options.seq_len and options.layout != TIME_BATCH_FEATURE:
+        return f"layout={TIME_BATCH_FEATURE!r} (batch_first=False)"
+    if rows == options.seq_len:
+        return "layout='batch-time-feature' (batch_first=True)"
+    return "layout= (or batch_first=) in the model's own order"
 
 
 def _first_tensor(output: Any) -> Any:
@@ -141,7 +183,7 @@ def loss_of(output: Any, options: ProbeOptions, generator: torch.Generator, batc
     if y.shape[0] != batch:
         raise ModelInterfaceError(
             f"the model's output has {y.shape[0]} rows at its last step but the batch has {batch}: the output's "
-            f"layout does not match the input's {options.layout_name}; pass layout= (or batch_first=)"
+            f"layout does not match the input's {options.layout_name}; pass {_other_layout(options, y.shape[0])}"
         )
     v = torch.randn(y.shape[1], generator=generator, dtype=torch.float64)
     v = (v / v.norm()).to(dtype=y.dtype, device=y.device)

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from pytest_gradhealth.engine import guard, kinds
-from pytest_gradhealth.engine.forward import TokenInputsExpected, loss_of, model_name, run_forward
+from pytest_gradhealth.engine.forward import TokenInputsExpected, first_receiver, loss_of, model_name, run_forward
 from pytest_gradhealth.engine.inputs import make_inputs
 from pytest_gradhealth.engine.options import (
     DEFAULT_SEED,
@@ -125,6 +125,7 @@ class ModelFacts:
     model_device: torch.device
     vocab_size: int | None  # token inputs are drawn when set
     input_size: int | None  # float inputs of this many features are drawn when set
+    inferred: bool  # input_size was read from the model, not given
     hidden_size: int | None
 
 
@@ -149,6 +150,7 @@ def model_facts(model: Any, options: ProbeOptions) -> ModelFacts:
         model_device=model_device,
         vocab_size=vocab_size,
         input_size=input_size,
+        inferred=input_size is not None and options.input_size is None,
         hidden_size=kinds.hidden_size_of(model),
     )
 
@@ -176,6 +178,10 @@ def measure_profile(model: nn.Module | Callable[..., Any], options: ProbeOptions
         options = replace(options, vocab_size=kinds.kind_of(embedding).vocab_size(embedding))  # type: ignore[union-attr]
         facts = model_facts(model, options)
         profile = _measure(model, options, facts)
+    except _InputSizeFound as found:
+        # The first module the input reaches is not the one registered first: its input size is the one to draw.
+        options = replace(options, input_size=found.input_size)
+        profile = _measure(model, options, model_facts(model, options))
     _check_layout(model, options, profile)
     _check_connected(profile, model)
     return profile
@@ -200,11 +206,13 @@ def _measure(model: Any, options: ProbeOptions, facts: ModelFacts) -> GradientPr
         with contextlib.ExitStack() as stack:
             x = tap.attach(run_model, x, stack)
             try:
-                output = run_forward(run_model, x, options)
+                with first_receiver(x, _takes_features) if facts.inferred else contextlib.nullcontext([]) as received:
+                    output = run_forward(run_model, x, options)
             except GradHealthError as exc:
                 if isinstance(tap, EmbeddingTap) and not tap.looked_up:
                     tap.measured()  # the error that says no lookup read the probe's tokens
-                raise exc
+                _raise_if_another_input_size(received, facts, exc)
+                raise
             loss = loss_of(output, options, generator, batch)
             grads = _gradients(loss, tap.measured(), model)
         result = tap.result(grads)
@@ -230,6 +238,27 @@ def _measure(model: Any, options: ProbeOptions, facts: ModelFacts) -> GradientPr
         versions=_versions(),
         contributions=result.contributions,
     )
+
+
+class _InputSizeFound(Exception):
+    """The probe's input reached a module that takes another input size than the one it was drawn with."""
+
+    def __init__(self, input_size: int) -> None:
+        super().__init__(input_size)
+        self.input_size = input_size
+
+
+def _takes_features(module: nn.Module) -> bool:
+    kind = kinds.kind_of(module)
+    return kind is not None and kind.input_size is not None
+
+
+def _raise_if_another_input_size(received: list[nn.Module], facts: ModelFacts, exc: Exception) -> None:
+    if not received:
+        return
+    size = kinds.kind_of(received[0]).input_size(received[0])  # type: ignore[union-attr,misc]
+    if size != facts.input_size:
+        raise _InputSizeFound(size) from exc
 
 
 def _check_layout(model: Any, options: ProbeOptions, profile: GradientProfile) -> None:
