@@ -80,14 +80,9 @@ def converted(
     """The model itself, or a converted copy when another dtype or device was asked (the model is never moved)."""
     if not isinstance(model, nn.Module) or (dtype == model_dtype and _same_device(device, model_device)):
         return model
-    # weight_norm and spectral_norm keep their weight as a plain attribute computed on the graph, which deepcopy
-    # refuses; forward recomputes it, so the copy starts from a detached one.
-    memo = {
-        id(value): value.detach()
-        for m in model.modules()
-        for value in vars(m).values()
-        if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter) and value.grad_fn is not None
-    }
+    # weight_norm, spectral_norm and parametrized RNNs keep computed weights on the graph (an attribute, or nn.RNN's
+    # list of flat weights), which deepcopy refuses; forward recomputes them, so the copy starts from detached ones.
+    memo = {id(t): t.detach().clone() for m in model.modules() for t in _computed_tensors(vars(m).values())}
     try:
         return copy.deepcopy(model, memo).to(dtype=dtype, device=device)
     except Exception as exc:
@@ -95,6 +90,14 @@ def converted(
             f"probing {type(model).__name__} in {dtype} on {device} needs a converted copy of it, and copying "
             f"failed: {type(exc).__name__}: {exc}. Convert the model yourself and probe it without dtype=/device="
         ) from exc
+
+
+def _computed_tensors(values: Any) -> Iterator[torch.Tensor]:
+    for value in values:
+        if isinstance(value, (list, tuple)):
+            yield from _computed_tensors(value)
+        elif isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter) and value.grad_fn is not None:
+            yield value
 
 
 def _same_device(a: torch.device, b: torch.device) -> bool:

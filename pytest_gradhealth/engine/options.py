@@ -251,6 +251,15 @@ def as_device(device: torch.device | str | None) -> torch.device | None:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise InvalidArgumentError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from exc
+    if resolved.type == "meta":
+        raise InvalidArgumentError(
+            "device='meta' holds shapes but no values, so there is no gradient to measure; probe on 'cpu' or 'cuda'"
+        )
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise InvalidArgumentError(
+            f"device={device!r} was asked but MPS is not available to this torch ({torch.__version__}); probe on "
+            "device='cpu'"
+        )
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise InvalidArgumentError(
             f"device={device!r} was asked but CUDA is not available to this torch "

@@ -136,6 +136,11 @@ def model_facts(model: Any, options: ProbeOptions) -> ModelFacts:
             f"model must be a torch.nn.Module or a callable taking the input tensor, got {type(model).__name__}"
         )
     model_dtype, model_device = guard.dtype_and_device(model)
+    if model_device.type == "meta":
+        raise ModelInterfaceError(
+            f"{model_name(model)}'s parameters are on the meta device: shapes without values, so there is no gradient "
+            "to measure; materialise it (to_empty(device='cpu') and load its weights) before probing"
+        )
     first = kinds.first_input_module(model)
     vocab_size = options.vocab_size
     if vocab_size is None and first is not None and first[1].vocab_size is not None:
