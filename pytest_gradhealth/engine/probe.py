@@ -242,7 +242,28 @@ def _measure(model: Any, options: ProbeOptions, facts: ModelFacts) -> GradientPr
         layer=tap.layer,
         versions=_versions(),
         contributions=result.contributions,
+        subnormal_steps=None if result.subnormal is None else options.steps[result.subnormal],
+        zeros=_zeros(norms, result.subnormal, facts.dtype),
+        advice=kinds.advice_for(model),
     )
+
+
+# A step next to exact zeros whose norm is below this many times the dtype's smallest normal number is taken to be on
+# its way to underflow: a gradient that decays into the subnormal range loses its entries one by one.
+_UNDERFLOW_MARGIN = 1e6
+
+
+def _zeros(norms: np.ndarray, subnormal: np.ndarray | None, dtype: torch.dtype) -> str | None:
+    """Why some steps get exactly zero gradient: "underflow" when the nonzero step next to them (towards the loss) is
+    subnormal or within a few orders of the smallest normal number, else "structural" (no path reaches them:
+    a convolution's receptive field, a mask, dead ReLUs). None when no step, or every step, is zero."""
+    zero = np.flatnonzero(norms == 0.0)
+    if zero.size == 0 or zero.size == norms.size or zero[-1] == norms.size - 1:
+        return None
+    neighbour = zero[-1] + 1
+    if subnormal is not None and subnormal[neighbour]:
+        return "underflow"
+    return "underflow" if norms[neighbour] < torch.finfo(dtype).tiny * _UNDERFLOW_MARGIN else "structural"
 
 
 class _InputSizeFound(Exception):

@@ -19,6 +19,7 @@ class TapResult:
     squares: np.ndarray
     valid: np.ndarray
     contributions: dict[str, np.ndarray] | None = None
+    subnormal: np.ndarray | None = None  # per profile step: some gradient entry is subnormal (None: not read)
 
 
 class Tap(Protocol):
@@ -58,7 +59,21 @@ def stacked_squares(grads: torch.Tensor) -> np.ndarray:
 
 def sequence_result(grads: list[torch.Tensor], window: Window) -> TapResult:
     """The result of a tap that reads one tensor per sequence or one per timestep, every step in time order."""
-    return TapResult(*window.by_lag(step_squares(grads, window.layout), np.arange(window.seq_len)))
+    squares, valid = window.by_lag(step_squares(grads, window.layout), np.arange(window.seq_len))
+    subnormal = None if window.lengths is not None else subnormal_steps(grads, window.layout)
+    return TapResult(squares, valid, None, subnormal)
+
+
+def subnormal_steps(grads: list[torch.Tensor], layout: str) -> np.ndarray:
+    """Per timestep, whether any entry of the gradient is subnormal: nonzero but below the dtype's smallest normal
+    number, where it has lost precision on its way to underflowing to zero."""
+    tiny = torch.finfo(grads[0].dtype).tiny
+    if len(grads) == 1:
+        g = to_batch_time(grads[0].detach(), layout)
+        g = g.reshape(g.shape[0], g.shape[1], -1)
+    else:
+        g = torch.stack([s.detach().reshape(s.shape[0], -1) for s in grads], 1)
+    return ((g != 0) & (g.abs() < tiny)).any(-1).any(0).cpu().numpy()
 
 
 def stand_in_forward(module: torch.nn.Module, forward: Any, stack: contextlib.ExitStack) -> None:
