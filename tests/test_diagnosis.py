@@ -52,3 +52,8 @@ def test_the_diagnosis_survives_json_and_older_profiles_read_as_unknown():
 def test_a_state_probe_does_not_claim_to_have_read_subnormals():
     profile = probe(nn.RNN(3, 4, batch_first=True), 6, measure="hidden")
     assert profile.subnormal_steps is None
+
+
+def test_subnormal_flags_follow_the_measured_checkpoints():
+    profile = probe(reference.rnn(4, 64), 200, checkpoints=5)
+    assert set(profile.subnormal_steps) <= set(profile.steps)

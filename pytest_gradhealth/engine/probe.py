@@ -30,7 +30,7 @@ from pytest_gradhealth.engine.options import (
 )
 from pytest_gradhealth.engine.sequences import (
     BATCH_FEATURE_TIME,
-    BATCH_TIME_FEATURE,
+    LAYOUTS,
     TIME_BATCH_FEATURE,
     batch_rms,
     to_batch_time,
@@ -93,9 +93,6 @@ def probe(
     # Every keyword above is a ProbeOptions field of the same name; with no layout given, the model's own is used.
     given = {name: value for name, value in locals().items() if name not in ("model", "seq_len")}
     return run_probe(model, make_options(model, seq_len, given))
-
-
-SEQUENCE_LAYOUTS = (BATCH_TIME_FEATURE, TIME_BATCH_FEATURE)
 
 
 def run_probe(
@@ -164,8 +161,8 @@ def _input_size(model: Any, first: tuple[nn.Module, kinds.ModuleKind] | None) ->
     if first is not None and first[1].input_size is not None:
         return first[1].input_size(first[0])
     raise InvalidArgumentError(
-        f"cannot infer input_size for {model_name(model)}: it has no nn.RNN/LSTM/GRU, cell or nn.Linear to read "
-        "it from; pass input_size=, inputs= or input_fn="
+        f"cannot infer input_size for {model_name(model)}: it has no nn.RNN/LSTM/GRU, cell, nn.Linear, nn.Conv1d or "
+        "module with an input_size attribute to read it from; pass input_size=, inputs= or input_fn="
     )
 
 
@@ -295,20 +292,13 @@ def _check_layout(model: Any, options: ProbeOptions, profile: GradientProfile) -
         return  # a state tap reads its module's own layout; given inputs are in the layout the caller says
     if not (np.all(norms[:-1] == 0.0) and norms[-1] > 0.0):
         return
-    candidates = (
-        [SEQUENCE_LAYOUTS[1 - SEQUENCE_LAYOUTS.index(options.layout)]]
-        if options.layout in SEQUENCE_LAYOUTS
-        else list(SEQUENCE_LAYOUTS)
-    )
-    if options.layout != BATCH_FEATURE_TIME and any(
-        k.layout == BATCH_FEATURE_TIME for _, _, k in kinds.contained(model, "projection")
-    ):
-        candidates.append(BATCH_FEATURE_TIME)
+    convolutional = any(k.layout == BATCH_FEATURE_TIME for _, _, k in kinds.contained(model, "projection"))
+    candidates = [o for o in LAYOUTS if o != options.layout and (o != BATCH_FEATURE_TIME or convolutional)]
     for layout in candidates:
         other = replace(options, layout=layout, batch_first=None)
         try:
             connected = np.any(_measure(model, other, model_facts(model, other)).norms[:-1] > 0.0)
-        except GradHealthError:
+        except (GradHealthError, _InputSizeFound):  # the model does not run in that layout
             continue
         if connected:
             flag = " (batch_first=False)" if layout == TIME_BATCH_FEATURE else ""

@@ -60,7 +60,7 @@ def stacked_squares(grads: torch.Tensor) -> np.ndarray:
 def sequence_result(grads: list[torch.Tensor], window: Window) -> TapResult:
     """The result of a tap that reads one tensor per sequence or one per timestep, every step in time order."""
     squares, valid = window.by_lag(step_squares(grads, window.layout), np.arange(window.seq_len))
-    subnormal = None if window.lengths is not None else subnormal_steps(grads, window.layout)
+    subnormal = None if window.lengths is not None else subnormal_steps(grads, window.layout)[window.steps]
     return TapResult(squares, valid, None, subnormal)
 
 
