@@ -133,3 +133,27 @@ def test_a_compiled_model_is_probed_like_the_model():
     except Exception as exc:  # no C compiler or no inductor support on this machine
         pytest.skip(f"torch.compile does not run here: {type(exc).__name__}: {str(exc)[:120]}")
     np.testing.assert_allclose(probe(compiled, 8).norms, probe(model, 8).norms, rtol=1e-5)
+
+
+def test_weight_drop_and_embedding_dropout_run_seeded_in_train_mode():
+    first = probe(seeded(AWDLSTM), T, mode="train", seed=3)
+    np.testing.assert_array_equal(first.norms, probe(seeded(AWDLSTM), T, mode="train", seed=3).norms)
+    assert not np.array_equal(first.norms, probe(seeded(AWDLSTM), T).norms)
+
+
+def test_a_failing_init_hidden_names_forward():
+    class Broken(RNNModel):
+        def init_hidden(self, bsz):
+            raise RuntimeError("needs a device")
+
+    with pytest.raises(
+        ModelForwardError, match=r"init_hidden\(8\), which raised RuntimeError: needs a device.*forward="
+    ):
+        probe(seeded(Broken), T)
+
+
+def test_forward_must_be_callable():
+    from pytest_gradhealth import InvalidArgumentTypeError
+
+    with pytest.raises(InvalidArgumentTypeError, match="forward must be callable"):
+        probe(seeded(StatefulGRU), T, forward="model(x, None)")

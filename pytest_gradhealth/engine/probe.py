@@ -211,7 +211,7 @@ def _measure(model: Any, options: ProbeOptions, facts: ModelFacts) -> GradientPr
                 with first_receiver(x, _takes_features) if facts.inferred else contextlib.nullcontext([]) as received:
                     output = run_forward(run_model, x, options)
             except GradHealthError as exc:
-                if isinstance(tap, EmbeddingTap) and not tap.looked_up:
+                if isinstance(tap, EmbeddingTap) and not tap.looked_up and kinds.embedding_of(run_model) is None:
                     tap.measured()  # the error that says no lookup read the probe's tokens
                 _raise_if_another_input_size(received, facts, exc)
                 raise
