@@ -210,3 +210,17 @@ def test_a_failing_user_function_is_named(role):
 
     with pytest.raises(ModelForwardError, match=f"{role} raised ZeroDivisionError: division by zero"):
         probe(nn.RNN(3, 4, batch_first=True), 5, **{role: broken})
+
+
+def test_out_of_memory_is_a_gradhealth_error_saying_how_to_shrink_the_probe():
+    class Hungry(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = nn.RNN(3, 4, batch_first=True)
+
+        def forward(self, x):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
+
+    with pytest.raises(ModelForwardError, match=r"ran out of memory .* batch_size= or seq_len") as info:
+        probe(Hungry(), 5)
+    assert isinstance(info.value.__cause__, torch.OutOfMemoryError)

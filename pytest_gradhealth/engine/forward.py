@@ -88,23 +88,23 @@ def run_forward(model: Any, x: torch.Tensor, options: ProbeOptions) -> Any:
 
 
 @contextlib.contextmanager
-def first_receiver(x: torch.Tensor, wanted: Callable[[nn.Module], bool]) -> Iterator[list[nn.Module]]:
-    """Collect, during a forward pass, the first `wanted` module called on `x` or a view of it."""
+def first_receiver(model: Any, x: torch.Tensor, wanted: Callable[[nn.Module], bool]) -> Iterator[list[nn.Module]]:
+    """Collect, during a forward pass, the first of the model's `wanted` modules called on `x` or a view of it."""
     received: list[nn.Module] = []
     storage = x.untyped_storage().data_ptr()
 
     def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
         first = args[0] if args else None
-        if received or not isinstance(first, torch.Tensor) or first.untyped_storage().data_ptr() != storage:
-            return
-        if wanted(module):
+        if not received and isinstance(first, torch.Tensor) and first.untyped_storage().data_ptr() == storage:
             received.append(module)
 
-    handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)
+    modules = [m for m in model.modules() if wanted(m)] if isinstance(model, nn.Module) else []
+    handles = [m.register_forward_pre_hook(hook) for m in modules]
     try:
         yield received
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
 
 
 def _state_arguments(model: Any, batch: int) -> list[Any]:

@@ -207,8 +207,9 @@ def _measure(model: Any, options: ProbeOptions, facts: ModelFacts) -> GradientPr
             tap = EmbeddingTap(window, batch, model_name(model)) if tokens else InputTap(window)
         with contextlib.ExitStack() as stack:
             x = tap.attach(run_model, x, stack)
+            watched = run_model if facts.inferred else None  # which module the input reaches, when its size was a guess
             try:
-                with first_receiver(x, _takes_features) if facts.inferred else contextlib.nullcontext([]) as received:
+                with first_receiver(watched, x, _takes_features) as received:
                     output = run_forward(run_model, x, options)
             except GradHealthError as exc:
                 if isinstance(tap, EmbeddingTap) and not tap.looked_up and kinds.embedding_of(run_model) is None:
