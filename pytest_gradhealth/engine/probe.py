@@ -80,9 +80,11 @@ def probe(
 
     Inputs are N(0, 1) of shape (batch, seq_len, input_size) drawn from a private generator seeded by `seed`
     (`inputs=` or `input_fn(batch_size, seq_len, generator)` replace them; `vocab_size=` draws integer tokens and
-    measures at the model's `nn.Embedding` output). The default loss is sum over the batch of <v, y_T> with v a
-    fixed random unit vector; `loss_fn(output)` replaces it. The model, its gradients and the global random state
-    are left exactly as they were. `dtype`/`device` other than the model's probe a copy of it.
+    measures at the output of the model's lookup of them) and passed in the model's `layout` ("batch-time-feature",
+    "time-batch-feature" or "batch-feature-time"; `batch_first` for short), by `forward(model, inputs)` when given.
+    The default loss is sum over the batch of <v, y_T> with v a fixed random unit vector; `loss_fn(output)` replaces
+    it. The model, its gradients and the global random state are left exactly as they were. `dtype`/`device` other
+    than the model's probe a copy of it.
 
     `measure="hidden"`/`"cell"` measure dL/dh_t / dL/dc_t of the recurrent states after each step t instead, in
     `layer` (the top one by default) of the model's nn.RNN/LSTM/GRU (`module=` names it when there are several) or
