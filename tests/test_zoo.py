@@ -157,3 +157,13 @@ def test_forward_must_be_callable():
 
     with pytest.raises(InvalidArgumentTypeError, match="forward must be callable"):
         probe(seeded(StatefulGRU), T, forward="model(x, None)")
+
+
+@pytest.mark.parametrize(("cls", "options"), [(RNNModel, {}), (AWDLSTM, {"module": "rnns.2"})])
+def test_hidden_states_of_stateful_language_models_are_measured_from_their_init_hidden(cls, options):
+    profile = probe(seeded(cls), T, measure="hidden", **options)
+    by_hand = probe(
+        seeded(cls), T, measure="hidden", vocab_size=VOCAB, forward=lambda m, x: with_state(m, x, 1), **options
+    )
+    np.testing.assert_array_equal(profile.norms, by_hand.norms)
+    assert (profile.norms > 0).all()
