@@ -30,12 +30,11 @@ from pytest_gradhealth.diagnosis import (
     LayerDiagnosis,
     WhatIf,
 )
+from pytest_gradhealth.engine import kinds
 from pytest_gradhealth.errors import GradHealthError, InvalidArgumentTypeError
 from pytest_gradhealth.probing import make_options, measure_profile
 from pytest_gradhealth.profile import GradientProfile
 
-_FUSED_KINDS = {"LSTM": "LSTM", "GRU": "GRU", "RNN_TANH": "RNN", "RNN_RELU": "RNN (ReLU)"}
-_CELL_KINDS = {nn.LSTMCell: "LSTM", nn.GRUCell: "GRU"}
 Calls = dict[str, list[tuple[tuple[Any, ...], dict[str, Any]]]]
 
 
@@ -79,9 +78,8 @@ def measured_fix(
 
 
 def _recurrent_modules(model: Any) -> dict[str, nn.Module]:
-    if not isinstance(model, nn.Module):
-        return {}
-    return {path: m for path, m in model.named_modules() if isinstance(m, (nn.RNNBase, nn.RNNCellBase))}
+    """The model's recurrent modules and cells, as the registry of module kinds finds them."""
+    return {path: module for path, module, _ in kinds.contained(model, *kinds.RECURRENT_ROLES)}
 
 
 @contextlib.contextmanager
@@ -157,15 +155,19 @@ def _step(kind: str, x: torch.Tensor, state: tuple[torch.Tensor, ...], w: dict, 
 
 
 def _layers(path: str, module: nn.Module, calls: list) -> list[LayerDiagnosis]:
+    kind = kinds.kind_of(module)
+    assert kind is not None  # found through the registry
+    if kind.recurrence is None:
+        return [LayerDiagnosis(path, kind.name, note=f"gates not available for {kind.name}: no step equations known")]
     if not calls:
-        return [LayerDiagnosis(path, type(module).__name__, note="not called in the probe's forward pass")]
-    if isinstance(module, nn.RNNBase):
-        return _fused_layers(path, module, calls)
-    return [_cell_layer(path, module, calls)]
+        return [LayerDiagnosis(path, kind.name, note="not called in the probe's forward pass")]
+    if kind.role == "sequence":
+        return _fused_layers(path, module, calls)  # type: ignore[arg-type]
+    return [_cell_layer(path, module, calls)]  # type: ignore[arg-type]
 
 
 def _fused_layers(path: str, module: nn.RNNBase, calls: list) -> list[LayerDiagnosis]:
-    kind = _FUSED_KINDS[module.mode]
+    kind = _recurrence(module)
     records: dict[tuple[int, int], list[dict[str, torch.Tensor]]] = {}
     masks = []
     for args, kwargs in calls:
@@ -236,7 +238,7 @@ def _initial(module: nn.RNNBase, kind: str, batch: int, hx: Any, index: int) -> 
 
 
 def _cell_layer(path: str, module: nn.RNNCellBase, calls: list) -> LayerDiagnosis:
-    kind = _module_kind(module)
+    kind = _recurrence(module)
     w = _weights(module, "")
     steps = []
     for args, kwargs in calls:
@@ -308,32 +310,34 @@ Remedy = Callable[[nn.Module, torch.Generator], None]
 
 def applicable(model: Any, seq_len: int) -> list[tuple[str, Remedy]]:
     """The standard remedies that apply to the model's recurrent layers, least intrusive first."""
-    kinds = {_module_kind(m) for m in _recurrent_modules(model).values()}
+    found = {_recurrence(m) for m in _recurrent_modules(model).values()}
     biased = any(getattr(m, "bias", False) is not False for m in _recurrent_modules(model).values())
     remedies: list[tuple[str, Remedy]] = []
-    if "LSTM" in kinds and biased:
+    if "LSTM" in found and biased:
         remedies += [(f"forget-gate bias +{k}", _gate_bias("LSTM", 1, k)) for k in (1, 2, 3)]
         if seq_len > 2:
             remedies.append((f"chrono initialisation (T_max={seq_len})", _chrono(seq_len)))
-    if "GRU" in kinds and biased:
+    if "GRU" in found and biased:
         remedies += [(f"update-gate bias +{k}", _gate_bias("GRU", 1, k)) for k in (1, 2, 3)]
-    if kinds:
+    if found - {None}:
         remedies.append(("orthogonal weight_hh", _orthogonal))
-    if "RNN (ReLU)" in kinds:
+    if "RNN (ReLU)" in found:
         remedies.append(("identity weight_hh, zero recurrent bias (IRNN)", _identity))
     return remedies
 
 
-def _module_kind(module: nn.Module) -> str:
-    if isinstance(module, nn.RNNBase):
-        return _FUSED_KINDS[module.mode]
-    return _CELL_KINDS.get(type(module)) or ("RNN" if module.nonlinearity == "tanh" else "RNN (ReLU)")
+def _recurrence(module: nn.Module) -> str | None:
+    """The step equations of a recurrent module: its kind's recurrence, "RNN (ReLU)" for a ReLU one."""
+    kind = kinds.kind_of(module)
+    recurrence = None if kind is None else kind.recurrence
+    relu = getattr(module, "mode", None) == "RNN_RELU" or getattr(module, "nonlinearity", None) == "relu"
+    return "RNN (ReLU)" if recurrence == "RNN" and relu else recurrence
 
 
 def _parameters(model: nn.Module, kind: str, name: str) -> Iterator[tuple[nn.Module, torch.Tensor]]:
     """Each recurrent module of `kind` in `model`, with each of its parameters named `name` (per layer, direction)."""
     for module in _recurrent_modules(model).values():
-        if kind in ("*", _module_kind(module)):
+        if kind in ("*", _recurrence(module)):
             for pname, parameter in module.named_parameters(recurse=False):
                 if pname == name or pname.startswith(name + "_l"):
                     yield module, parameter

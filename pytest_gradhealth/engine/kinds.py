@@ -19,15 +19,18 @@ from pytest_gradhealth.engine.sequences import BATCH_FEATURE_TIME, BATCH_TIME_FE
 from pytest_gradhealth.engine.taps.cells import CellStatesTap
 from pytest_gradhealth.engine.taps.fused import FusedStatesTap
 
-_LSTM_ADVICE = (
-    "raise the LSTM's forget-gate bias (bias_ih_l*[H:2H]) to 1-3 so the cell state keeps its "
-    "gradient; pytest_gradhealth.reference.lstm(forget_bias=2.0) shows the effect"
-)
-_GRU_ADVICE = "bias the GRU's update gate towards keeping its state (bias_ih_l*[H:2H] positive)"
-_RNN_ADVICE = (
-    "a vanilla RNN keeps a fixed fraction of its gradient per step; use a gated cell (LSTM with a "
-    "forget-gate bias, GRU) or an orthogonal weight_hh"
-)
+# What to change when the gradient vanishes, by recurrence.
+_ADVICE = {
+    "LSTM": (
+        "raise the LSTM's forget-gate bias (bias_ih_l*[H:2H]) to 1-3 so the cell state keeps its "
+        "gradient; pytest_gradhealth.reference.lstm(forget_bias=2.0) shows the effect"
+    ),
+    "GRU": "bias the GRU's update gate towards keeping its state (bias_ih_l*[H:2H] positive)",
+    "RNN": (
+        "a vanilla RNN keeps a fixed fraction of its gradient per step; use a gated cell (LSTM with a "
+        "forget-gate bias, GRU) or an orthogonal weight_hh"
+    ),
+}
 
 
 def _fused(mode: str) -> Callable[[nn.Module], bool]:
@@ -48,6 +51,7 @@ class ModuleKind:
     cell_state: bool = False  # an LSTM's c_t besides h_t
     contributions: bool = False  # its recurrent weights can be split by step (weight_hh_l*, or a cell's weight_hh)
     advice: str | None = None  # what to change when the gradient vanishes through it
+    recurrence: str | None = None  # the step equations diagnose() replays to read its gates: "LSTM", "GRU", "RNN"
     layout: str = BATCH_TIME_FEATURE  # the layout of its input, where it declares none
 
 
@@ -55,10 +59,10 @@ def _recurrent(
     name: str,
     matches: Callable[[nn.Module], bool],
     tap: type[FusedStatesTap] | type[CellStatesTap],
-    advice: str,
-    cell_state: bool = False,
+    recurrence: str,
 ) -> ModuleKind:
-    """A built-in recurrent module or cell: `input_size` and `hidden_size` attributes, splittable recurrent weights."""
+    """A built-in recurrent module or cell: `input_size` and `hidden_size` attributes, splittable recurrent weights,
+    the advice and the step equations of its `recurrence`."""
     return ModuleKind(
         name,
         matches,
@@ -66,9 +70,10 @@ def _recurrent(
         input_size=lambda m: int(m.input_size),
         hidden_size=lambda m: int(m.hidden_size),
         state_tap=tap,
-        cell_state=cell_state,
+        cell_state=recurrence == "LSTM",
         contributions=True,
-        advice=advice,
+        advice=_ADVICE[recurrence],
+        recurrence=recurrence,
     )
 
 
@@ -77,13 +82,13 @@ def _instance(cls: type[nn.Module]) -> Callable[[nn.Module], bool]:
 
 
 KINDS: tuple[ModuleKind, ...] = (
-    _recurrent("LSTM", _fused("LSTM"), FusedStatesTap, _LSTM_ADVICE, cell_state=True),
-    _recurrent("GRU", _fused("GRU"), FusedStatesTap, _GRU_ADVICE),
-    _recurrent("RNN", _fused("RNN_TANH"), FusedStatesTap, _RNN_ADVICE),
-    _recurrent("RNN (ReLU)", _fused("RNN_RELU"), FusedStatesTap, _RNN_ADVICE),
-    _recurrent("LSTMCell", _instance(nn.LSTMCell), CellStatesTap, _LSTM_ADVICE, cell_state=True),
-    _recurrent("GRUCell", _instance(nn.GRUCell), CellStatesTap, _GRU_ADVICE),
-    _recurrent("RNNCell", _instance(nn.RNNCell), CellStatesTap, _RNN_ADVICE),
+    _recurrent("LSTM", _fused("LSTM"), FusedStatesTap, "LSTM"),
+    _recurrent("GRU", _fused("GRU"), FusedStatesTap, "GRU"),
+    _recurrent("RNN", _fused("RNN_TANH"), FusedStatesTap, "RNN"),
+    _recurrent("RNN (ReLU)", _fused("RNN_RELU"), FusedStatesTap, "RNN"),
+    _recurrent("LSTMCell", _instance(nn.LSTMCell), CellStatesTap, "LSTM"),
+    _recurrent("GRUCell", _instance(nn.GRUCell), CellStatesTap, "GRU"),
+    _recurrent("RNNCell", _instance(nn.RNNCell), CellStatesTap, "RNN"),
     ModuleKind("Embedding", _instance(nn.Embedding), "embedding", vocab_size=lambda m: int(m.num_embeddings)),
     ModuleKind("Linear", _instance(nn.Linear), "projection", input_size=lambda m: int(m.in_features)),
     ModuleKind(
