@@ -56,7 +56,16 @@ def diagnose(
     with _recording(modules, calls):
         profile = measure_profile(model, probe_options)
     layers = [layer for path, module in modules.items() for layer in _layers(path, module, calls[path])]
-    note = "" if modules else "no nn.RNN/LSTM/GRU or cell found: no gates to read (pass a model that contains one)"
+    layers += [
+        LayerDiagnosis(
+            path,
+            type(module).__name__,
+            note=f"gates not available for {type(module).__name__}: a "
+            "module of the model's own whose step equations the registry of module kinds does not know",
+        )
+        for path, module, _ in kinds.contained(model, "declared")
+    ]
+    note = "" if modules else "no nn.RNN/LSTM/GRU or cell found: no gates to read"
     remedies = [_measured(model, change, probe_options) for change in applicable(model, seq_len)] if what_ifs else []
     return Diagnosis(profile, layers, remedies, note)
 

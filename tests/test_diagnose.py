@@ -182,6 +182,15 @@ def test_a_model_without_recurrent_layers_says_there_are_no_gates_to_read():
     assert d.layers == [] and d.what_ifs == [] and "no nn.RNN/LSTM/GRU" in d.note
 
 
+def test_a_recurrent_module_of_the_models_own_is_named_as_not_readable():
+    from zoo import IndRNNClassifier
+
+    d = diagnose(IndRNNClassifier(), 20)
+    (layer,) = d.layers
+    assert layer.kind == "IndRNN" and "gates not available for IndRNN" in layer.note
+    assert d.what_ifs == [] and "no nn.RNN/LSTM/GRU or cell found" in d.note
+
+
 def test_the_diagnosis_round_trips_through_strict_json():
     d = diagnose(nn.LSTM(4, 8, num_layers=2), 20)
     text = json.dumps(d.to_dict(), allow_nan=False)
