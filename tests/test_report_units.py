@@ -79,7 +79,7 @@ def test_comparison_matches_by_test_and_probe_and_flags_regressions():
     assert "regressed (ratio:10x)" in lines[3]
 
 
-def test_table_is_sorted_worst_first_and_quiet_mode_lists_only_problems():
+def test_table_is_sorted_worst_first_quiet_keeps_compact_rows_and_very_quiet_lists_only_problems():
     records = [record("t::good", 0.99), record("t::bad", 0.1, verdict="vanishing"), record("t::nan", 0.5)]
     records[2].verdict = "non-finite"
     assert [r.test for r in worst_first(records)] == ["t::nan", "t::bad", "t::good"]
@@ -88,7 +88,10 @@ def test_table_is_sorted_worst_first_and_quiet_mode_lists_only_problems():
     assert [line.split()[0] for line in lines[3:]] == ["t::nan", "t::bad", "t::good"]
     assert "profile" in lines[1]
     quiet = render_table(records, width=200, verbosity=-1)
-    assert len(quiet) == 5 and "t::good" not in "\n".join(quiet)
+    assert quiet[1].split() == ["test", "probe", "seq_len", "ratio", "horizon", "verdict"]
+    assert [line.split()[0] for line in quiet[3:]] == ["t::nan", "t::bad", "t::good"]
+    very_quiet = render_table(records, width=200, verbosity=-2)
+    assert len(very_quiet) == 5 and "t::good" not in "\n".join(very_quiet)
 
 
 def test_narrow_terminal_drops_columns_and_colour_is_optional():
@@ -96,7 +99,9 @@ def test_narrow_terminal_drops_columns_and_colour_is_optional():
     narrow = render_table(records, width=60)
     assert narrow[1].split() == ["probe", "seq_len", "ratio", "horizon", "verdict"]
     assert narrow[3] == "tests/test_models.py::test_a_rather_long_test_name[param-1]"  # never cut
-    assert max(len(line) for line in narrow[4:]) <= 60
+    assert max(len(line) for line in narrow[4:-1]) <= 60
+    assert narrow[-1] == "(left out to fit 60 columns: rate, half-life, profile; -v shows every column)"
+    assert render_table(records, width=200)[-1].startswith("tests/test_models.py")  # nothing left out, no note
     assert "\x1b[" not in "\n".join(narrow)
     assert "\x1b[31mvanishing\x1b[0m" in "\n".join(render_table(records, width=200, color=True))
 
