@@ -136,8 +136,15 @@ METRICS: dict[str, Metric] = {
     )
 }
 
-GATED = tuple(m for m in METRICS.values() if m.units)
-COLUMNS = tuple(m for m in METRICS.values() if m.column)
+
+def gated() -> list[Metric]:
+    """The metrics a fail rule may name, in registry order."""
+    return [m for m in METRICS.values() if m.units]
+
+
+def columns() -> list[Metric]:
+    """The metrics of the report table, in registry order."""
+    return [m for m in METRICS.values() if m.column]
 
 
 def summary(profile: GradientProfile) -> str:

@@ -97,6 +97,21 @@ def test_a_passing_gate_updates_the_baseline_it_compared_with(suite):
     result.stdout.fnmatch_lines(["gradhealth baseline *base.json: 2 ok", "gradhealth: baseline saved to *base.json"])
 
 
+def test_the_baseline_is_read_when_the_session_starts_not_when_it_ends(suite):
+    saved(suite)
+    suite.makepyfile(
+        test_zz_clobber="""
+        from pathlib import Path
+
+        def test_clobber():
+            Path("base.json").write_text("not json any more")
+        """
+    )
+    result = run(suite, *GATE, fb=0.0)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["gradhealth baseline *base.json: 1 ok, 1 regressed"])
+
+
 # -- 2. interrupted, failing, collect-only and empty sessions never write a baseline ----------------------------
 
 INTERRUPTED = """

@@ -199,9 +199,15 @@ def test_nothing_is_added_without_report_options(pytester):
 
 def test_quiet_and_verbose(pytester):
     pytester.makepyfile(test_suite=SUITE.format(forget_bias=3.0))
-    quiet = pytester.runpytest("-q", "--gradhealth")
-    quiet.stdout.fnmatch_lines(["gradhealth: 3 probes: 1 vanishing, 2 ok", "*rnn*vanishing*"])
-    assert "test_suite.py::test_two_probes    lstm" not in quiet.stdout.str()
+    quiet = pytester.runpytest("-q", "--gradhealth")  # the rows stay, compact
+    quiet.stdout.fnmatch_lines(
+        ["gradhealth: 3 probes: 1 vanishing, 2 ok", "*rnn*vanishing*", "*ReferenceLSTM*ok*", "*lstm*ok*"]
+    )
+    assert "half-life" not in quiet.stdout.str()
+    very_quiet = pytester.runpytest("-qq", "--gradhealth")
+    very_quiet.stdout.fnmatch_lines(["gradhealth: 3 probes: 1 vanishing, 2 ok", "*rnn*vanishing*"])
+    section = very_quiet.stdout.str().split("gradhealth: 3 probes: 1 vanishing, 2 ok")[1]
+    assert "vanishing" in section and " ok" not in section
     verbose = pytester.runpytest("-v", "--gradhealth")
     verbose.stdout.fnmatch_lines(["*test*probe*model*measure*dtype*batch*seq_len*ratio*"])
 

@@ -9,11 +9,14 @@ import numpy as np
 import pytest
 
 from pytest_gradhealth import GradientProfile, InvalidArgumentError, ReportFormatError
+from pytest_gradhealth.metrics import METRICS, Metric
 from pytest_gradhealth.report.baseline import compare
 from pytest_gradhealth.report.export import build_report, load_report, write_json
 from pytest_gradhealth.report.gate import FailRule, parse_fail_rule
+from pytest_gradhealth.report.markdown import render_markdown
 from pytest_gradhealth.report.records import ProbeRecord, worst_first
 from pytest_gradhealth.report.text import render_comparison, render_table
+from pytest_gradhealth.verdicts import failure_message
 
 
 def record(test: str, rate: float, seq_len: int = 11, verdict: str = "ok", probe: str = "m") -> ProbeRecord:
@@ -134,3 +137,24 @@ def test_corrupt_or_foreign_report_names_the_file_and_the_problem(tmp_path, cont
     path.write_text(content)
     with pytest.raises(ReportFormatError, match=f"{path}: {words}"):
         load_report(path)
+
+
+def test_a_metric_is_one_registry_entry_that_reaches_table_rules_comparison_and_messages(monkeypatch):
+    first = Metric("first", "first", lambda p: float(p.norms[0]), "first norm {:.3g}", units=("x",), in_summary=True)
+    monkeypatch.setitem(METRICS, "first", first)
+    old, new = record("t::a", 0.9), record("t::a", 0.5)
+    assert render_table([old], width=200)[1].split()[3:8] == ["ratio", "rate", "half-life", "horizon", "first"]
+    (row,) = compare([old], [new], [parse_fail_rule("first:100x")])
+    assert row.broken == [FailRule("first", 100.0, "x")]  # 0.9^10 -> 0.5^10 is 360x less
+    table = render_comparison([row], "b.json", width=300)
+    assert table[1].split()[-2:] == ["first", "status"] and "0.349 -> 0.000977  regressed" in table[3]
+    assert "first norm 0.000977" in failure_message("assert_x", "vanishing", new.profile, [], None, "try")
+
+
+def test_markdown_without_a_baseline_lists_every_probe_worst_first():
+    records = [record("t::good", 0.99), record("t::bad|x", 0.1, verdict="vanishing")]
+    lines = render_markdown(records)
+    assert lines[:3] == ["## Gradient health", "", "**2 probes: 1 vanishing, 1 ok**"]
+    table = lines[lines.index("### Probes") + 2 :]
+    assert table[0].startswith("| test | probe | seq_len | ratio |") and table[1].startswith("|---|")
+    assert table[2].startswith("| t::bad\\|x | m | 11 |") and "| vanishing |" in table[2]

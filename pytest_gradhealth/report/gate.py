@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 
 from pytest_gradhealth.errors import InvalidArgumentError
-from pytest_gradhealth.metrics import GATED, METRICS, UNITS
+from pytest_gradhealth.metrics import METRICS, UNITS, gated
 
 _RULE = re.compile(r"^(?P<metric>[a-z_]+):(?P<amount>[0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)(?P<unit>x|%)?$")
 
@@ -43,7 +43,7 @@ def _read(text: str) -> FailRule | None:
 
 def parse_fail_rule(text: str, option: str = "--gradhealth-compare-fail") -> FailRule:
     """Parse `metric:amount[x|%]`; the error names the `option` it came from and lists the accepted forms."""
-    forms = ", ".join(describe(_read(m.example)) for m in GATED)  # type: ignore[arg-type]
+    forms = ", ".join(describe(example) for m in gated() if (example := _read(m.example)))
     rule = _read(text)
     metric = METRICS.get(rule.metric) if rule else None
     if rule is None or metric is None or not metric.units:

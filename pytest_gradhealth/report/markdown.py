@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pytest_gradhealth.metrics import COLUMNS
+from pytest_gradhealth.metrics import columns
 from pytest_gradhealth.report.baseline import STATUSES, Comparison
 from pytest_gradhealth.report.records import ProbeRecord, worst_first
 from pytest_gradhealth.report.text import gate_lines, printable, status_text, summary_line
@@ -42,20 +42,20 @@ def render_markdown(
         lines += ["", "### Probes", ""]
         lines += _comparison(sorted(rows, key=lambda r: (STATUSES.index(r.status), r.key)))
         return lines
-    headers = ["test", "probe", "seq_len", *(m.label for m in COLUMNS), "verdict"]
+    headers = ["test", "probe", "seq_len", *(m.label for m in columns()), "verdict"]
     body = [
-        [r.test, r.probe, str(r.profile.seq_len), *(m.show(r.profile) for m in COLUMNS), r.verdict]
+        [r.test, r.probe, str(r.profile.seq_len), *(m.show(r.profile) for m in columns()), r.verdict]
         for r in worst_first(list(records))
     ]
     return [*lines, "### Probes", "", *_table(headers, body)]
 
 
 def _comparison(rows: Sequence[Comparison]) -> list[str]:
-    headers = ["probe", "verdict", *(m.label for m in COLUMNS), "status"]
+    headers = ["probe", "verdict", *(m.label for m in columns()), "status"]
     body = []
     for row in rows:
         figures = []
-        for m in COLUMNS:
+        for m in columns():
             old = m.show(row.old.profile) if row.old else "-"
             new = m.show(row.new.profile) if row.new else "-"
             figures.append(f"{old} -> {new}" if row.old and row.new else (new if row.new else old))

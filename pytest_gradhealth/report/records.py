@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pytest_gradhealth.errors import ReportFormatError
-from pytest_gradhealth.metrics import COLUMNS
+from pytest_gradhealth.metrics import columns
 from pytest_gradhealth.profile import GradientProfile
 from pytest_gradhealth.verdicts import VERDICTS, judge
 
@@ -38,7 +38,7 @@ class ProbeRecord:
     def junit_properties(self) -> list[tuple[str, str]]:
         """The probe's figures as short JUnit XML properties: gradhealth.<probe>.ratio = 0.0123, ..."""
         figures = {"verdict": self.verdict, "seq_len": str(self.profile.seq_len)}
-        figures.update({m.name: m.show(self.profile) for m in COLUMNS})
+        figures.update({m.name: m.show(self.profile) for m in columns()})
         return [(f"gradhealth.{self.probe}.{name}", value) for name, value in figures.items()]
 
     def to_dict(self) -> dict[str, Any]:

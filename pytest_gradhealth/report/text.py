@@ -10,7 +10,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from pytest_gradhealth.metrics import COLUMNS, GATED, Metric, number
+from pytest_gradhealth.metrics import Metric, columns, gated, number
 from pytest_gradhealth.report.baseline import STATUSES, Comparison
 from pytest_gradhealth.report.records import ProbeRecord, worst_first
 from pytest_gradhealth.verdicts import VERDICTS, sparkline
@@ -43,7 +43,7 @@ def render_table(
     shown = [r for r in worst_first(list(records)) if verbosity > -2 or r.verdict != "ok"]
     if not shown:
         return lines
-    headers = ["test", "probe", "seq_len", *(m.label for m in COLUMNS), "verdict", "profile"]
+    headers = ["test", "probe", "seq_len", *(m.label for m in columns()), "verdict", "profile"]
     if verbosity > 0:
         headers[2:2] = ["model", "measure", "dtype", "batch"]
     rows = []
@@ -53,17 +53,17 @@ def render_table(
         row: list[Any] = [printable(record.test), printable(probe)]
         if verbosity > 0:
             row += [p.model, p.measure, p.dtype, p.batch_size]
-        row += [p.seq_len, *(m.show(p) for m in COLUMNS)]
+        row += [p.seq_len, *(m.show(p) for m in columns())]
         row += [paint(record.verdict, record.verdict, color), sparkline(p.norms, 24)]
         rows.append(dict(zip(headers, row, strict=True)))
-    narrow = [h for h in headers[:-1] if h not in {m.label for m in COLUMNS if not m.narrow}]
+    narrow = [h for h in headers[:-1] if h not in {m.label for m in columns() if not m.narrow}]
     layouts = [(True, headers), (True, headers[:-1]), (False, headers[1:]), (False, headers[1:-1])]
     layouts = [(True, narrow), (False, narrow[1:])] if verbosity < 0 else [*layouts, (False, narrow[1:])]
-    for with_test, columns in layouts:
-        table = _table(rows, columns, grouped=not with_test)
+    for with_test, shown_columns in layouts:
+        table = _table(rows, shown_columns, grouped=not with_test)
         if max(len(_ANSI.sub("", line)) for line in table) <= width or verbosity > 0:
             break
-    dropped = [h for h in headers if h not in columns and h != "test"]
+    dropped = [h for h in headers if h not in shown_columns and h != "test"]
     if dropped and verbosity == 0:
         table.append(f"(left out to fit {width} columns: {', '.join(dropped)}; -v shows every column)")
     return [*lines, *table]
@@ -93,10 +93,10 @@ def render_references(references: Sequence[ProbeRecord], *, width: int = 120) ->
         p = record.profile
         rows.append(
             [f"{p.input_size}->{p.hidden_size}", p.seq_len, printable(record.probe)]
-            + [*(m.show(p) for m in COLUMNS), record.verdict]
+            + [*(m.show(p) for m in columns()), record.verdict]
             + ([sparkline(p.norms, 24)] if width >= 100 else [])
         )
-    headers = ["input->hidden", "seq_len", "reference", *(m.label for m in COLUMNS), "verdict"]
+    headers = ["input->hidden", "seq_len", "reference", *(m.label for m in columns()), "verdict"]
     headers += ["profile"] if width >= 100 else []
     table = tabulate(rows, headers, tablefmt="simple", disable_numparse=True)
     return ["reference models (same sizes, measured the same way):", *table.splitlines()]
@@ -108,13 +108,13 @@ def render_comparison(rows: Sequence[Comparison], baseline: str, *, width: int =
     counts = Counter(row.status for row in rows)
     lines = [f"gradhealth baseline {printable(baseline)}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))]
     headers = ["probe"]
-    for m in GATED:
+    for m in gated():
         headers += [f"old {m.label}", f"new {m.label}", "Δlog10"] if m.log_scale else [m.label]
     headers.append("status")
     table = []
     for row in sorted(rows, key=lambda r: (STATUSES.index(r.status), r.key)):
         cells = [printable(row.key)]
-        for m in GATED:
+        for m in gated():
             cells += _change(m, row)
         cells.append(paint(status_text(row), "vanishing" if row.failed else "ok", color))
         table.append({"test": cells[0], **dict(zip(headers, cells, strict=True))})
