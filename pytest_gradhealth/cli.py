@@ -28,6 +28,7 @@ from pytest_gradhealth.settings import HELP, MARKER_OPTIONS, SETTINGS, Settings
 if TYPE_CHECKING:
     from torch import nn
 
+    from pytest_gradhealth.profile import GradientProfile
     from pytest_gradhealth.report.pipeline import Outcome, RunState
     from pytest_gradhealth.report.records import ProbeRecord
 
@@ -242,8 +243,8 @@ def _probe(args: argparse.Namespace) -> int:
     records: list[ProbeRecord] = []
     for spec, model in models.items():
 
-        def sink(raw: dict[str, Any], test: str = spec) -> None:
-            records.append(ProbeRecord.from_raw(test, raw, settings.min_ratio, settings.max_ratio))
+        def sink(raw: dict[str, Any], profile: GradientProfile, test: str = spec) -> None:
+            records.append(ProbeRecord.from_raw(test, raw, settings.min_ratio, settings.max_ratio, profile))
 
         with observe(Recorder(sink)):
             for seq_len in args.seq_len:

@@ -17,6 +17,7 @@ from pytest_gradhealth.settings import HELP, MARKER_OPTIONS, Settings
 
 if TYPE_CHECKING:
     from pytest_gradhealth.fixture import GradHealth
+    from pytest_gradhealth.profile import GradientProfile
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
 PREFIX = "gradhealth-"
@@ -92,9 +93,9 @@ def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
 
     settings = item.config.stash[SETTINGS_KEY]
 
-    def sink(raw: dict[str, Any]) -> None:
+    def sink(raw: dict[str, Any], profile: GradientProfile) -> None:
         item.user_properties.append((RECORD_NAME, raw))
-        record = ProbeRecord.from_raw(item.nodeid, raw, settings.min_ratio, settings.max_ratio)
+        record = ProbeRecord.from_raw(item.nodeid, raw, settings.min_ratio, settings.max_ratio, profile)
         item.user_properties.extend(record.junit_properties())
 
     with observe(Recorder(sink)):

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from pytest_gradhealth.report.pipeline import RunState
 
 RECORD_NAME = "gradhealth"  # the user_properties name under which each measured profile travels
-SELECTING = ("keyword", "markexpr", "deselect", "lf", "stepwise", "last_failed_no_failures")
+SELECTING = ("keyword", "markexpr", "deselect", "lf", "stepwise")  # options that run a part of the suite
 
 
 class GradHealthSession:
@@ -88,6 +88,9 @@ class GradHealthSession:
         self.lines = outcome.lines
         if outcome.failed and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if exitstatus == pytest.ExitCode.INTERNAL_ERROR:  # pytest prints no terminal summary after one
+            for line in self.lines:
+                writer.line(line)
 
     def _state(self, session: pytest.Session, exitstatus: int) -> RunState:
         """How the session went, in the pipeline's terms."""

@@ -157,6 +157,21 @@ def test_ctrl_c_during_a_save_keeps_the_old_baseline(suite):
     assert (suite.path / "base.json").read_bytes() == before
 
 
+def test_an_internal_error_never_saves_even_with_save_partial(suite):
+    before = saved(suite)
+    suite.makeconftest(
+        """
+        def pytest_runtest_logfinish(nodeid, location):
+            if nodeid.endswith("test_rnn"):
+                raise RuntimeError("a plugin broke")
+        """
+    )
+    result = run(suite, "--gradhealth-save=base.json", "--gradhealth-overwrite", "--gradhealth-save-partial")
+    assert result.ret == pytest.ExitCode.INTERNAL_ERROR
+    result.stdout.fnmatch_lines(["*baseline not saved to *base.json: the session was stopped with exit status 3*"])
+    assert (suite.path / "base.json").read_bytes() == before
+
+
 def test_save_partial_saves_what_a_failing_session_measured_and_names_what_is_missing(suite, xdist):
     suite.makepyfile(test_broken="def test_broken():\n    assert False\n")
     result = run(suite, *xdist, "--gradhealth-save=base.json", "--gradhealth-save-partial")
@@ -190,7 +205,7 @@ def test_a_probe_measured_with_other_settings_is_a_named_mismatch_that_fails(sui
 def test_a_renamed_test_fails_a_full_run_as_removed(suite, xdist):
     saved(suite)
     suite.makepyfile(test_suite=SUITE.replace("def test_rnn", "def test_renamed_rnn"))
-    result = run(suite, *xdist, *GATE)
+    result = suite.runpytest(*xdist, *GATE)  # with the cache provider's options (--lf, --lfnf) present
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(
         [

@@ -28,9 +28,17 @@ class ProbeRecord:
         return f"{self.test} [{self.probe}]"
 
     @classmethod
-    def from_raw(cls, test: str, raw: Mapping[str, Any], min_ratio: float, max_ratio: float) -> ProbeRecord:
-        """From the plain data the plugin records on a test report; unjudged probes get the session's verdict."""
-        profile = GradientProfile.from_dict(raw["profile"])
+    def from_raw(
+        cls,
+        test: str,
+        raw: Mapping[str, Any],
+        min_ratio: float,
+        max_ratio: float,
+        profile: GradientProfile | None = None,
+    ) -> ProbeRecord:
+        """From the plain data the recorder makes (`profile`: the live profile it came from, when at hand);
+        unjudged probes get the session's verdict."""
+        profile = profile or GradientProfile.from_dict(raw["profile"])
         check = raw.get("check")
         verdict = check["verdict"] if check else judge(profile, min_ratio, max_ratio)
         return cls(test=test, probe=str(raw["probe"]), profile=profile, verdict=verdict, check=check)
