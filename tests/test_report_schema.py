@@ -69,7 +69,10 @@ def mutated(draw):
 
 
 def _has(container, key) -> bool:
-    return key in container if isinstance(container, dict) else isinstance(key, int) and key < len(container)
+    """Whether `container` (which an earlier mutation may have replaced by a scalar) still holds `key`."""
+    if isinstance(container, dict):
+        return key in container
+    return isinstance(container, list) and isinstance(key, int) and key < len(container)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
