@@ -316,10 +316,12 @@ def test_control_characters_in_ids_from_a_baseline_are_escaped(suite):
     path = suite.path / "base.json"
     data = json.loads(path.read_text())
     data["probes"][0]["test"] = "evil\x1b[2J\x00::test"
+    data["probes"][1]["profile"]["dtype"] = "float32\x1b]0;owned\x07"
     path.write_text(json.dumps(data))
     out = run(suite, *GATE).stdout.str()
-    assert "\x1b" not in out and "\x00" not in out
+    assert "\x1b" not in out and "\x00" not in out and "\x07" not in out
     assert "evil\\x1b[2J\\x00::test" in out
+    assert "mismatch (dtype float32\\x1b]0;owned\\x07 -> float32: re-save the baseline)" in out
 
 
 # -- 10-12. Markdown, JUnit XML, -q and narrow terminals --------------------------------------------------------

@@ -139,7 +139,7 @@ def status_text(row: Comparison) -> str:
     if row.status == "regressed":
         return f"regressed ({', '.join(map(str, row.broken))})"
     if row.status == "mismatch":
-        return f"mismatch ({', '.join(row.mismatch)}: re-save the baseline)"
+        return f"mismatch ({printable(', '.join(row.mismatch))}: re-save the baseline)"
     return row.status
 
 
@@ -153,7 +153,7 @@ def gate_lines(rows: Sequence[Comparison]) -> list[str]:
         lines.append(f"gradhealth: {len(broken)} probe(s) regressed past {rules}")
     mismatched = [row for row in rows if row.status == "mismatch"]
     if mismatched:
-        what = "; ".join(sorted({", ".join(row.mismatch) for row in mismatched}))
+        what = printable("; ".join(sorted({", ".join(row.mismatch) for row in mismatched})))
         lines.append(
             f"gradhealth: {len(mismatched)} probe(s) measured with other settings than the baseline ({what}): "
             "re-save the baseline"
