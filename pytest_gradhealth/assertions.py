@@ -17,7 +17,12 @@ from pytest_gradhealth.checks import (
     NoWorseThan,
     threshold,
 )
-from pytest_gradhealth.errors import GradientHealthError, InvalidArgumentError, InvalidArgumentTypeError
+from pytest_gradhealth.errors import (
+    GradHealthError,
+    GradientHealthError,
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+)
 from pytest_gradhealth.probing import make_options, measure_profile, run_probe
 from pytest_gradhealth.profile import GradientProfile
 
@@ -89,7 +94,7 @@ def run_check(model: Any, seq_len: int, options: dict[str, Any], check: Check) -
     record: dict[str, Any] = {}
 
     def judged(profile: GradientProfile) -> dict[str, Any]:
-        record.update(check.record(profile, lambda verdict: hint(profile, verdict)))
+        record.update(check.record(profile, lambda verdict: advice(model, profile, verdict, check, options)))
         return record
 
     profile = run_probe(model, make_options(model, seq_len, options), judged)
@@ -98,8 +103,29 @@ def run_check(model: Any, seq_len: int, options: dict[str, Any], check: Check) -
     return profile
 
 
+def advice(model: Any, profile: GradientProfile, verdict: str, check: Check, options: dict[str, Any]) -> list[str]:
+    """The closing lines of a failure message. For a vanishing gradient in a model with recurrent layers, the first
+    standard remedy (least intrusive first) that makes the same check pass, measured on a copy of the model; else a
+    hint by verdict and by the layers the model contains."""
+    if verdict != "vanishing":
+        return [f"hint: {hint(profile, verdict)}"]
+    from pytest_gradhealth.diagnosing import measured_fix
+
+    try:
+        fix, tried = measured_fix(model, profile.seq_len, lambda p: check.verdict(p) == "ok", **options)
+    except GradHealthError as exc:  # a model that cannot be copied or probed again: the hint alone
+        return [f"measured fix: not measured ({exc})", f"hint: {hint(profile, verdict)}"]
+    if fix is not None:
+        return [f"measured fix: {fix.effect(profile)}"]
+    lines = [f"hint: {hint(profile, verdict)}"]
+    if tried:
+        names = ", ".join(w.change for w in tried)
+        lines.insert(0, f"measured fix: none of the standard remedies passes ({names}, each probed on a copy)")
+    return lines
+
+
 def hint(profile: GradientProfile, verdict: str) -> str:
-    """A next step for the user, by verdict and by the kind of recurrent model that was probed."""
+    """A next step for the user, by verdict and by the recurrent layers the probed model contains."""
     if verdict == "non-finite":
         return (
             "look for a division by zero, log/sqrt of zero or an overflow in forward; gradient clipping does not "
@@ -112,22 +138,7 @@ def hint(profile: GradientProfile, verdict: str) -> str:
         )
     if verdict == "disconnected":
         return "the output does not depend on the input: look for .detach(), torch.no_grad() or a zeroed mask"
-    kind = profile.model.lower()
-    parts = []
-    if "lstm" in kind:
-        parts.append(
-            "raise the LSTM's forget-gate bias (bias_ih_l*[H:2H]) to 1-3 so the cell state keeps its "
-            "gradient; pytest_gradhealth.reference.lstm(forget_bias=2.0) shows the effect"
-        )
-    elif "gru" in kind:
-        parts.append("bias the GRU's update gate towards keeping its state (bias_ih_l*[H:2H] positive)")
-    elif "rnn" in kind:
-        parts.append(
-            "a vanilla RNN keeps a fixed fraction of its gradient per step; use a gated cell (LSTM with a "
-            "forget-gate bias, GRU) or an orthogonal weight_hh"
-        )
-    else:
-        parts.append("gate the recurrence (LSTM/GRU) or add a residual/skip path through time")
+    parts = [profile.advice or "gate the recurrence (LSTM/GRU) or add a residual/skip path through time"]
     if profile.seq_len >= 200:
         parts.append(f"at seq_len={profile.seq_len}, truncated BPTT or attention over the sequence may be needed")
     return "; ".join(parts)

@@ -82,14 +82,15 @@ class Check:
         # plain Python types only: the record travels to the xdist controller, which cannot take numpy scalars
         return {k: float(v) if isinstance(v, float) else v for k, v in dataclasses.asdict(self).items()}
 
-    def record(self, profile: GradientProfile, hint: Callable[[str], str]) -> dict[str, Any]:
-        """The check record: plain data for the report, and the failure message when the verdict is not ok."""
+    def record(self, profile: GradientProfile, advice: Callable[[str], list[str]]) -> dict[str, Any]:
+        """The check record: plain data for the report, and the failure message when the verdict is not ok, closed
+        by `advice(verdict)`'s lines."""
         verdict = self.verdict(profile)
         result: dict[str, Any] = {"assertion": self.assertion, "verdict": verdict, "thresholds": self.thresholds()}
         if verdict != "ok":
             floor = None if self.floor is None else float(getattr(self, self.floor))
             result["message"] = failure_message(
-                self.assertion, verdict, profile, self.explain(profile), floor, hint(verdict)
+                self.assertion, verdict, profile, self.explain(profile), floor, advice(verdict)
             )
         return result
 

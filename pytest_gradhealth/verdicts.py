@@ -58,12 +58,18 @@ def judge(profile: GradientProfile, min_ratio: float, max_ratio: float) -> str:
 
 
 def failure_message(
-    assertion: str, verdict: str, profile: GradientProfile, explanation: Sequence[str], floor: float | None, hint: str
+    assertion: str,
+    verdict: str,
+    profile: GradientProfile,
+    explanation: Sequence[str],
+    floor: float | None,
+    advice: Sequence[str],
 ) -> str:
     """What failed, by how much, where, and what to try: readable without the source.
 
     `explanation` holds the check's lines (figure against bound), `floor` the share of the last step's gradient
-    below which the profile counts as vanished (None when the check has none), `hint` the advice to give.
+    below which the profile counts as vanished (None when the check has none), `advice` the closing lines
+    ("measured fix: ...", "hint: ...").
     """
     lines = [
         f"{assertion}: gradient {verdict} in {profile.model} at seq_len={profile.seq_len} "
@@ -88,14 +94,34 @@ def failure_message(
             "  no gradient at all reaches any step before the last: the last output depends on the last input only "
             "(no recurrence, or a layout mismatch between the probe and the model: check batch_first)"
         )
-    elif len(profile.underflow_steps):
-        lines.append(
-            f"  {len(profile.underflow_steps)} step(s) underflowed to exactly zero in {profile.dtype}: "
-            "their true size is unknown; probe with dtype=torch.float64 to measure it"
-        )
+    else:
+        lines += _precision_lines(profile)
     lines.append(f"  {summary(profile)}")
     finite = [float(v) for v in profile.norms if 0 < v < math.inf]
     span = f"[{min(finite):.2g} .. {max(finite):.2g}]" if finite else ""
     lines.append(f"  profile (log scale, step 0 -> {profile.seq_len - 1}): {sparkline(profile.norms, 40)} {span}")
-    lines.append(f"  hint: {hint}")
+    lines += [f"  {line}" for line in advice]
     return "\n".join(lines)
+
+
+def _precision_lines(profile: GradientProfile) -> list[str]:
+    """What exact zeros and subnormal values mean for the numbers: structure, or the dtype's range."""
+    zeros, lines = len(profile.underflow_steps), []
+    float64 = profile.dtype == "float64"
+    if zeros and profile.zeros == "structural":
+        lines.append(
+            f"  {zeros} step(s) get exactly zero gradient because no path reaches them (a receptive field, a mask, "
+            "dead units): that is the model's structure, not underflow"
+        )
+    elif zeros:
+        fix = "shorten seq_len to measure the decay" if float64 else "probe with dtype=torch.float64 to measure it"
+        lines.append(
+            f"  {zeros} step(s) underflowed to exactly zero in {profile.dtype}: their true size is unknown; {fix}"
+        )
+    subnormal = 0 if profile.subnormal_steps is None else len(profile.subnormal_steps)
+    if subnormal and not float64:
+        lines.append(
+            f"  {subnormal} step(s) hold subnormal gradient values in {profile.dtype}, which keep few significant "
+            "digits: their norms may be tens of percent off; probe with dtype=torch.float64"
+        )
+    return lines

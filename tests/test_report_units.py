@@ -148,7 +148,7 @@ def test_a_metric_is_one_registry_entry_that_reaches_table_rules_comparison_and_
     assert row.broken == [FailRule("first", 100.0, "x")]  # 0.9^10 -> 0.5^10 is 360x less
     table = render_comparison([row], "b.json", width=300)
     assert table[1].split()[-2:] == ["first", "status"] and "0.349 -> 0.000977  regressed" in table[3]
-    assert "first norm 0.000977" in failure_message("assert_x", "vanishing", new.profile, [], None, "try")
+    assert "first norm 0.000977" in failure_message("assert_x", "vanishing", new.profile, [], None, ["hint: try"])
 
 
 def test_markdown_without_a_baseline_lists_every_probe_worst_first():

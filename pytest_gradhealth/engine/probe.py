@@ -221,7 +221,7 @@ def _measure(model: Any, options: ProbeOptions, facts: ModelFacts) -> GradientPr
             loss = loss_of(output, options, generator, batch)
             grads = _gradients(loss, tap.measured(), model)
         result = tap.result(grads)
-    norms, sample_norms = batch_rms(result.squares, result.valid)
+    norms, sample_norms = batch_rms(result.norms, result.valid)
     features = tap.embedding_dim if isinstance(tap, EmbeddingTap) else to_batch_time(x, window.layout).shape[-1]
     return GradientProfile(
         norms=norms,

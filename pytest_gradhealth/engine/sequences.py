@@ -75,9 +75,9 @@ class Window:
         """The time axis of `x` in this layout."""
         return x.dim() - 1 if self.layout == BATCH_FEATURE_TIME and x.dim() >= 3 else self.time_axis
 
-    def by_lag(self, squares: np.ndarray, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def by_lag(self, norms: np.ndarray, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """`by_lag` for this window."""
-        return by_lag(squares, at, self.steps, self.lengths, self.seq_len)
+        return by_lag(norms, at, self.steps, self.lengths, self.seq_len)
 
 
 def measured_steps(seq_len: int, checkpoints: int | None) -> np.ndarray:
@@ -145,21 +145,21 @@ def last_steps(y: torch.Tensor, lengths: Sequence[int] | None, seq_len: int, lay
 
 
 def by_lag(
-    squares: np.ndarray, at: np.ndarray, steps: np.ndarray, lengths: Sequence[int] | None, seq_len: int
+    norms: np.ndarray, at: np.ndarray, steps: np.ndarray, lengths: Sequence[int] | None, seq_len: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Each sample's squared gradient norm at the profile's `steps`, counted back from its own last real step.
+    """Each sample's gradient norm at the profile's `steps`, counted back from its own last real step.
 
-    `squares[b, j]` belongs to absolute timestep `at[j]` of sample b. Profile step t is lag seq_len-1-t, which
+    `norms[b, j]` belongs to absolute timestep `at[j]` of sample b. Profile step t is lag seq_len-1-t, which
     sample b reaches at its timestep lengths[b]-1-lag; `valid` is False where that is before its first step.
     """
     if lengths is None and np.array_equal(at, steps):
-        return squares, np.ones(squares.shape, dtype=bool)  # the common case: nothing to align, and no time spent
-    full = np.asarray(lengths or (seq_len,) * squares.shape[0])
+        return norms, np.ones(norms.shape, dtype=bool)  # the common case: nothing to align, and no time spent
+    full = np.asarray(lengths or (seq_len,) * norms.shape[0])
     lags = seq_len - 1 - steps
     absolute = full[:, None] - 1 - lags[None, :]
     valid = absolute >= 0
     columns = np.searchsorted(at, np.where(valid, absolute, at[0]))
-    return np.take_along_axis(squares, columns, axis=1), valid
+    return np.take_along_axis(norms, columns, axis=1), valid
 
 
 def measured_at(steps: np.ndarray, lengths: Sequence[int] | None, seq_len: int) -> list[int]:
@@ -170,7 +170,14 @@ def measured_at(steps: np.ndarray, lengths: Sequence[int] | None, seq_len: int) 
     return sorted({int(t) for t in shifted if t >= 0})
 
 
-def batch_rms(squares: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Norms (RMS over the samples that reach each step) and per-sample norms (NaN where a sample does not)."""
-    total = np.where(valid, squares, 0.0).sum(axis=0)
-    return np.sqrt(total / valid.sum(axis=0)), np.where(valid, np.sqrt(squares), np.nan)
+def batch_rms(norms: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Norms (RMS over the samples that reach each step) and per-sample norms (NaN where a sample does not).
+
+    Each step's RMS is taken over its largest norm, so that norms far below 1e-154 do not underflow when squared.
+    """
+    reached = np.where(valid, norms, 0.0)
+    largest = reached.max(axis=0)
+    scalable = np.isfinite(largest) & (largest > 0)  # else the RMS is the largest: 0, inf or NaN
+    scale = np.where(scalable, largest, 1.0)
+    rms = scale * np.sqrt(((reached / scale) ** 2).sum(axis=0) / valid.sum(axis=0))
+    return np.where(scalable, rms, largest), np.where(valid, norms, np.nan)

@@ -14,9 +14,9 @@ from pytest_gradhealth.engine.sequences import Window, to_batch_time
 
 @dataclass
 class TapResult:
-    """Per-sample squared gradient norms at the profile's steps (by lag), where valid, and weight contributions."""
+    """Per-sample gradient norms at the profile's steps (by lag), where valid, and weight contributions."""
 
-    squares: np.ndarray
+    norms: np.ndarray
     valid: np.ndarray
     contributions: dict[str, np.ndarray] | None = None
     subnormal: np.ndarray | None = None  # per profile step: some gradient entry is subnormal (None: not read)
@@ -40,28 +40,41 @@ class Tap(Protocol):
         ...
 
 
-def step_squares(grads: list[torch.Tensor], layout: str) -> np.ndarray:
-    """(batch, seq) squared norms, in float64, of one gradient over the whole sequence or one per timestep."""
+def step_norms(grads: list[torch.Tensor], layout: str) -> np.ndarray:
+    """(batch, seq) norms, in float64, of one gradient over the whole sequence or one per timestep."""
     if len(grads) == 1:
         g = to_batch_time(grads[0].detach(), layout)
-        # One kernel that reads in float64, not a float64 copy and two more ops: each op is a share of a small probe.
-        squares = torch.linalg.vector_norm(g.reshape(g.shape[0], g.shape[1], -1), dim=-1, dtype=torch.float64) ** 2
-    else:
-        squares = torch.stack([g.detach().to(torch.float64).reshape(g.shape[0], -1).pow(2).sum(-1) for g in grads], 1)
-    return squares.cpu().numpy()
+        return sample_norms(g.reshape(g.shape[0], g.shape[1], -1))
+    return sample_norms(torch.stack([g.detach().reshape(g.shape[0], -1) for g in grads], 1))
 
 
-def stacked_squares(grads: torch.Tensor) -> np.ndarray:
-    """(steps, batch, ...) gradients to (batch, steps) squared norms in float64."""
-    g = grads.detach().to(torch.float64)
-    return g.reshape(g.shape[0], g.shape[1], -1).pow(2).sum(-1).T.cpu().numpy()
+def stacked_norms(grads: torch.Tensor) -> np.ndarray:
+    """(steps, batch, ...) gradients to (batch, steps) norms in float64."""
+    return sample_norms(grads.detach().reshape(grads.shape[0], grads.shape[1], -1)).T
+
+
+# Below this a float64 norm may have lost its squares to underflow (sqrt of the smallest normal number, 1.5e-154).
+_SQUARES_UNDERFLOW = 1e-150
+
+
+def sample_norms(g: torch.Tensor) -> np.ndarray:
+    """The norm over the last axis of `g`, in float64, without the underflow of its squares: float64 gradients
+    below 1e-154 have squares below float64's range, so those norms are taken of the values over their largest."""
+    # One kernel that reads in float64, not a float64 copy and more ops: each op is a share of a small probe.
+    norms = torch.linalg.vector_norm(g, dim=-1, dtype=torch.float64)
+    if g.dtype == torch.float64 and bool((norms < _SQUARES_UNDERFLOW).any()):
+        largest = g.abs().amax(dim=-1)
+        scale = torch.where(largest > 0, largest, torch.ones_like(largest))
+        scaled = largest * torch.linalg.vector_norm(g / scale[..., None], dim=-1)
+        norms = torch.where(norms < _SQUARES_UNDERFLOW, scaled, norms)
+    return norms.cpu().numpy()
 
 
 def sequence_result(grads: list[torch.Tensor], window: Window) -> TapResult:
     """The result of a tap that reads one tensor per sequence or one per timestep, every step in time order."""
-    squares, valid = window.by_lag(step_squares(grads, window.layout), np.arange(window.seq_len))
+    norms, valid = window.by_lag(step_norms(grads, window.layout), np.arange(window.seq_len))
     subnormal = None if window.lengths is not None else subnormal_steps(grads, window.layout)[window.steps]
-    return TapResult(squares, valid, None, subnormal)
+    return TapResult(norms, valid, None, subnormal)
 
 
 def subnormal_steps(grads: list[torch.Tensor], layout: str) -> np.ndarray:

@@ -29,7 +29,7 @@ from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 from pytest_gradhealth.engine import aten
 from pytest_gradhealth.engine.sequences import Window, measured_at
 from pytest_gradhealth.engine.taps import lstm
-from pytest_gradhealth.engine.taps.base import StateRequest, TapResult, stacked_squares, stand_in_forward
+from pytest_gradhealth.engine.taps.base import StateRequest, TapResult, stacked_norms, stand_in_forward
 from pytest_gradhealth.errors import ModelInterfaceError
 
 # Which way a fused layer is measured, where both can. The split path pays a fixed cost per call of the fused kernel
@@ -200,7 +200,7 @@ class FusedStatesTap:
             at = self.measured_at
             steps = torch.tensor(at, device=grads[0].device)
             g = grads[0][steps] + nn.functional.pad(grads[1], (0, 0, 0, 0, 0, 1))[steps + 1]
-            return TapResult(*self.window.by_lag(stacked_squares(g), np.asarray(at)))
+            return TapResult(*self.window.by_lag(stacked_norms(g), np.asarray(at)))
         n = len(self.cuts)
         g = torch.stack(grads[:n])
         if self.request.measure == "cell":
@@ -211,8 +211,8 @@ class FusedStatesTap:
                 g, self.inputs[cuts], h_prev, c, self.module, f"_l{self.layer}"
             )
             n *= 2
-        squares, valid = self.window.by_lag(stacked_squares(g), np.asarray(self.cuts))
-        return TapResult(squares, valid, lstm.contributions(self.aliases, grads[n:]))
+        norms, valid = self.window.by_lag(stacked_norms(g), np.asarray(self.cuts))
+        return TapResult(norms, valid, lstm.contributions(self.aliases, grads[n:]))
 
 
 def _own_steps(states: dict[int, tuple[torch.Tensor, ...]], steps: list[int]) -> tuple[torch.Tensor, ...]:
