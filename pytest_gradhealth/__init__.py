@@ -33,6 +33,8 @@ _LAZY = {
         "assert_no_worse_than",
     ),
     "pytest_gradhealth.fixture": ("GradHealth",),
+    "pytest_gradhealth.diagnosing": ("diagnose",),
+    "pytest_gradhealth.diagnosis": ("Diagnosis",),
 }
 _MODULE_OF = {name: module for module, names in _LAZY.items() for name in names}
 
@@ -42,6 +44,8 @@ if TYPE_CHECKING:  # what type checkers see of _LAZY (explicit re-exports); a te
     from pytest_gradhealth.assertions import assert_no_exploding as assert_no_exploding
     from pytest_gradhealth.assertions import assert_no_vanishing as assert_no_vanishing
     from pytest_gradhealth.assertions import assert_no_worse_than as assert_no_worse_than
+    from pytest_gradhealth.diagnosing import diagnose as diagnose
+    from pytest_gradhealth.diagnosis import Diagnosis as Diagnosis
     from pytest_gradhealth.fixture import GradHealth as GradHealth
     from pytest_gradhealth.probing import probe as probe
     from pytest_gradhealth.profile import GradientProfile as GradientProfile

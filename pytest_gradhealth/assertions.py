@@ -6,7 +6,7 @@ it to one runner, `run_check`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_gradhealth.checks import (
     Check,
@@ -25,6 +25,9 @@ from pytest_gradhealth.errors import (
 )
 from pytest_gradhealth.probing import make_options, measure_profile, run_probe
 from pytest_gradhealth.profile import GradientProfile
+
+if TYPE_CHECKING:
+    from pytest_gradhealth.diagnosis import Diagnosis
 
 
 def assert_no_vanishing(model: Any, seq_len: int, min_ratio: float = 1e-3, **options: Any) -> GradientProfile:
@@ -94,7 +97,16 @@ def run_check(model: Any, seq_len: int, options: dict[str, Any], check: Check) -
     record: dict[str, Any] = {}
 
     def judged(profile: GradientProfile) -> dict[str, Any]:
-        record.update(check.record(profile, lambda verdict: advice(model, profile, verdict, check, options)))
+        diagnosis: list[Diagnosis] = []
+
+        def closing(verdict: str) -> list[str]:
+            lines, found = advice(model, profile, verdict, check, options)
+            diagnosis.extend(found)
+            return lines
+
+        record.update(check.record(profile, closing))
+        if diagnosis:
+            record["diagnosis"] = diagnosis[0].to_dict()
         return record
 
     profile = run_probe(model, make_options(model, seq_len, options), judged)
@@ -103,25 +115,31 @@ def run_check(model: Any, seq_len: int, options: dict[str, Any], check: Check) -
     return profile
 
 
-def advice(model: Any, profile: GradientProfile, verdict: str, check: Check, options: dict[str, Any]) -> list[str]:
-    """The closing lines of a failure message. For a vanishing gradient in a model with recurrent layers, the first
-    standard remedy (least intrusive first) that makes the same check pass, measured on a copy of the model; else a
-    hint by verdict and by the layers the model contains."""
+def advice(
+    model: Any, profile: GradientProfile, verdict: str, check: Check, options: dict[str, Any]
+) -> tuple[list[str], list[Diagnosis]]:
+    """The closing lines of a failure message, and the diagnosis they come from, if any.
+
+    For a vanishing gradient in a model with recurrent layers: `diagnose` (the layers' gates, and the standard
+    remedies measured on copies of the model), then the first remedy, least intrusive first, that makes the same check
+    pass. Otherwise a hint by verdict and by the layers the model contains.
+    """
     if verdict != "vanishing":
-        return [f"hint: {hint(profile, verdict)}"]
-    from pytest_gradhealth.diagnosing import measured_fix
+        return [f"hint: {hint(profile, verdict)}"], []
+    from pytest_gradhealth.diagnosing import diagnose
 
     try:
-        fix, tried = measured_fix(model, profile.seq_len, lambda p: check.verdict(p) == "ok", **options)
+        diagnosis = diagnose(model, profile.seq_len, **options)
     except GradHealthError as exc:  # a model that cannot be copied or probed again: the hint alone
-        return [f"measured fix: not measured ({exc})", f"hint: {hint(profile, verdict)}"]
+        return [f"measured fix: not measured ({exc})", f"hint: {hint(profile, verdict)}"], []
+    fix = diagnosis.fix(lambda p: check.verdict(p) == "ok")
     if fix is not None:
-        return [f"measured fix: {fix.effect(profile)}"]
+        return [f"measured fix: {fix.effect(profile)}"], [diagnosis]
     lines = [f"hint: {hint(profile, verdict)}"]
-    if tried:
-        names = ", ".join(w.change for w in tried)
+    if diagnosis.what_ifs:
+        names = ", ".join(w.change for w in diagnosis.what_ifs)
         lines.insert(0, f"measured fix: none of the standard remedies passes ({names}, each probed on a copy)")
-    return lines
+    return lines, [diagnosis]
 
 
 def hint(profile: GradientProfile, verdict: str) -> str:

@@ -63,6 +63,7 @@ examples:
   gradhealth show gradhealth-report.json
   gradhealth compare baseline.json report.json --fail ratio:10x --fail horizon:5
   gradhealth plot report.json --out plots/
+  gradhealth diagnose models.py:build_lstm --seq-len 150
 
 Run `gradhealth COMMAND --help` for a command's options.
 """
@@ -94,6 +95,17 @@ The exit status is 1 when the gate fails, 0 otherwise: usable as a CI gate.
 examples:
   gradhealth compare baseline.json report.json
   gradhealth compare baseline.json report.json --fail ratio:10x --fail horizon:5
+"""
+DIAGNOSE_EPILOG = """\
+For each recurrent layer (nn.LSTM/GRU/RNN, each layer and direction, and cells called once per step): gate
+statistics and each unit's memory timescale -1/ln(mean forget or update gate), saturated or dead units, the spectral
+radius and norm of weight_hh and the mean-field per-step factor; then the standard remedies that apply (forget- or
+update-gate bias +1..+3, chrono initialisation, orthogonal weight_hh, identity ReLU recurrence), each applied to a
+copy of the model and probed the same way.
+
+examples:
+  gradhealth diagnose models:build_lstm --seq-len 150
+  gradhealth diagnose models.py:TokenLSTM --seq-len 100 --json diagnosis.json
 """
 PLOT_EPILOG = """\
 Writes one figure per probe (an LSTM's hidden and cell state measured in one test share a figure) and overview.FMT
@@ -167,11 +179,22 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument(
         "--plot", type=Path, metavar="FILE", help="draw the probe to FILE (.png or .svg); several probes: an overview"
     )
-    options = probe.add_argument_group("how to probe (the pytest plugin's --gradhealth-* settings)")
-    for key, metavar in SETTING_FLAGS.items():
-        options.add_argument(_flag(key), type=_parser(key, SETTINGS), metavar=metavar, help=HELP[key])
-    for key, (metavar, text) in OPTION_FLAGS.items():
-        options.add_argument(_flag(key), type=_parser(key, MARKER_OPTIONS), metavar=metavar, help=text)
+    _add_probe_options(probe)
+
+    diagnose = command(
+        "diagnose",
+        _diagnose,
+        "Explain why the gradient vanishes in the model a factory builds: gates, memory timescales, spectra, and the "
+        "standard remedies measured on copies of the model.",
+        DIAGNOSE_EPILOG,
+    )
+    diagnose.add_argument("factories", nargs="+", metavar="MODULE:FACTORY", help="what builds the model")
+    diagnose.add_argument(
+        "--seq-len", nargs="+", required=True, type=_parser("seq_len", SETTINGS), metavar="N", help="lengths to probe"
+    )
+    diagnose.add_argument("--no-what-ifs", action="store_true", help="read the layers only; measure no remedies")
+    diagnose.add_argument("--json", type=Path, metavar="FILE", help="write the diagnoses as JSON to FILE")
+    _add_probe_options(diagnose)
 
     show = command("show", _show, "Print the report table of a saved JSON report.", SHOW_EPILOG, parents=[table])
     show.add_argument(
@@ -203,6 +226,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_probe_options(command: argparse.ArgumentParser) -> None:
+    options = command.add_argument_group("how to probe (the pytest plugin's --gradhealth-* settings)")
+    for key, metavar in SETTING_FLAGS.items():
+        options.add_argument(_flag(key), type=_parser(key, SETTINGS), metavar=metavar, help=HELP[key])
+    for key, (metavar, text) in OPTION_FLAGS.items():
+        options.add_argument(_flag(key), type=_parser(key, MARKER_OPTIONS), metavar=metavar, help=text)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """The probe settings given on the command line."""
+    return Settings(
+        **{key: getattr(args, key) for key in SETTING_FLAGS if getattr(args, key) is not None},
+        options={key: getattr(args, key) for key in OPTION_FLAGS if getattr(args, key) is not None},
+    )
+
+
 def _flag(key: str) -> str:
     return f"--{key.replace('_', '-')}"
 
@@ -224,10 +263,7 @@ def _parser(key: str, table: dict[str, tuple[str, Callable[[Any], Any]]]) -> Cal
 
 
 def _probe(args: argparse.Namespace) -> int:
-    settings = Settings(
-        **{key: getattr(args, key) for key in SETTING_FLAGS if getattr(args, key) is not None},
-        options={key: getattr(args, key) for key in OPTION_FLAGS if getattr(args, key) is not None},
-    )
+    settings = _settings(args)
     options = ReportOptions.read(vars(args).get, Path(), table=True, verbosity=args.verbose - args.quiet)
     options.check(plots_format_given=args.plots_format is not None)
     models = {spec: load_model(spec) for spec in args.factories}  # every factory, before any probe runs
@@ -273,6 +309,27 @@ def _probe(args: argparse.Namespace) -> int:
             f"max_ratio {settings.max_ratio:g}): {', '.join(sorted({r.verdict for r in failing}))}"
         )
     return EXIT_FAILED if failing or outcome.failed else EXIT_OK
+
+
+def _diagnose(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if args.json is not None:
+        ReportOptions(json_path=args.json).check(plots_format_given=False)  # a path it can write, before any probe
+    models = {spec: load_model(spec) for spec in args.factories}
+    from pytest_gradhealth.diagnosing import diagnose
+    from pytest_gradhealth.report.export import write_json
+
+    diagnoses = []
+    for spec, model in models.items():
+        for seq_len in args.seq_len:
+            name = f"{type(model).__name__} seq_len={seq_len}"
+            options = {**settings.probe_options(), "name": name}
+            diagnoses.append(diagnose(model, seq_len, what_ifs=not args.no_what_ifs, **options))
+            _print([f"{spec}:", *(f"  {line}" for line in diagnoses[-1].lines())])
+    if args.json is not None:
+        write_json(args.json, {"diagnoses": [d.to_dict() for d in diagnoses]})
+        print(f"gradhealth: diagnoses written to {args.json}")
+    return EXIT_OK
 
 
 def _pipeline(

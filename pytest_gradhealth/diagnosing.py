@@ -33,7 +33,6 @@ from pytest_gradhealth.diagnosis import (
 from pytest_gradhealth.engine import kinds
 from pytest_gradhealth.errors import GradHealthError, InvalidArgumentTypeError
 from pytest_gradhealth.probing import make_options, measure_profile
-from pytest_gradhealth.profile import GradientProfile
 
 Calls = dict[str, list[tuple[tuple[Any, ...], dict[str, Any]]]]
 
@@ -68,19 +67,6 @@ def diagnose(
     note = "" if modules else "no nn.RNN/LSTM/GRU or cell found: no gates to read"
     remedies = [_measured(model, change, probe_options) for change in applicable(model, seq_len)] if what_ifs else []
     return Diagnosis(profile, layers, remedies, note)
-
-
-def measured_fix(
-    model: Any, seq_len: int, passes: Callable[[GradientProfile], bool], **options: Any
-) -> tuple[WhatIf | None, list[WhatIf]]:
-    """The first standard remedy, least intrusive first, whose copy of the model `passes`, and every one tried."""
-    probe_options = make_options(model, seq_len, options)
-    tried = []
-    for change in applicable(model, seq_len):
-        tried.append(_measured(model, change, probe_options))
-        if passes(tried[-1].profile):
-            return tried[-1], tried
-    return None, tried
 
 
 # -- recording the trajectory ----------------------------------------------------------------------------

@@ -7,7 +7,7 @@ without torch, like `GradientProfile`.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -167,6 +167,10 @@ class Diagnosis:
     layers: list[LayerDiagnosis]
     what_ifs: list[WhatIf] = field(default_factory=list)
     note: str = ""
+
+    def fix(self, passes: Callable[[GradientProfile], bool]) -> WhatIf | None:
+        """The first remedy, least intrusive first, whose copy of the model `passes`; None when none does."""
+        return next((w for w in self.what_ifs if passes(w.profile)), None)
 
     def lines(self) -> list[str]:
         """The diagnosis as text: the probe, each layer, each remedy's effect."""

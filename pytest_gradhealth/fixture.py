@@ -6,7 +6,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from pytest_gradhealth import assertions, probing
+from pytest_gradhealth import assertions, diagnosing, probing
 from pytest_gradhealth.errors import InvalidArgumentError
 from pytest_gradhealth.profile import GradientProfile
 from pytest_gradhealth.settings import Settings
@@ -73,6 +73,7 @@ class GradHealth:
     assert_finite_gradients = _forward(assertions.assert_finite_gradients)
     assert_memory_horizon = _forward(assertions.assert_memory_horizon)
     assert_no_worse_than = _forward(assertions.assert_no_worse_than)
+    diagnose = _forward(diagnosing.diagnose)  # type: ignore[arg-type]
 
     def __repr__(self) -> str:
         return f"GradHealth({self.settings})"

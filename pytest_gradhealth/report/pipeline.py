@@ -63,6 +63,7 @@ class Pipeline:
         if options.table:
             lines += text.render_table(records, width=self.width, verbosity=options.verbosity, color=self.color)
             lines += text.render_references(references, width=self.width)
+            lines += text.render_diagnoses(records) if options.verbosity > 0 else []
         needed = options.json_path or options.save_path or (options.compare_path and options.baseline is None)
         report = export.build_report(records, references, self.limits, self.folder, state.scope) if needed else {}
         if options.json_path:

@@ -84,6 +84,20 @@ def _table(rows: list[dict], columns: list[str], grouped: bool) -> list[str]:
     return out
 
 
+def render_diagnoses(records: Sequence[ProbeRecord]) -> list[str]:
+    """Why each failing probe vanished and what the measured remedies change (-v): the diagnoses that failing
+    assertions carry in their check records."""
+    from pytest_gradhealth.diagnosis import Diagnosis
+
+    lines = []
+    for record in worst_first(list(records)):
+        found = (record.check or {}).get("diagnosis")
+        if found is not None:
+            lines.append(f"diagnosis of {printable(record.test)} [{printable(record.probe)}]:")
+            lines += [f"  {printable(line)}" for line in Diagnosis.from_dict(found).lines()]
+    return lines
+
+
 def render_references(references: Sequence[ProbeRecord], *, width: int = 120) -> list[str]:
     """Reference models measured the same way as the session's probes: where a model stands."""
     if not references:
