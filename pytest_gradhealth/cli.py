@@ -194,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     diagnose.add_argument("--no-what-ifs", action="store_true", help="read the layers only; measure no remedies")
     diagnose.add_argument("--json", type=Path, metavar="FILE", help="write the diagnoses as JSON to FILE")
+    diagnose.add_argument(
+        "--plot", type=Path, metavar="FILE", help="draw the memory timescales to FILE (.png or .svg; one length)"
+    )
     _add_probe_options(diagnose)
 
     show = command("show", _show, "Print the report table of a saved JSON report.", SHOW_EPILOG, parents=[table])
@@ -315,6 +318,13 @@ def _diagnose(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.json is not None:
         ReportOptions(json_path=args.json).check(plots_format_given=False)  # a path it can write, before any probe
+    if args.plot is not None:
+        from pytest_gradhealth.report import plots
+
+        plots.plot_format(args.plot)
+        plots.require_matplotlib()
+        if len(args.factories) * len(args.seq_len) > 1:
+            raise InvalidArgumentError("--plot draws one diagnosis: give one MODULE:FACTORY and one --seq-len")
     models = {spec: load_model(spec) for spec in args.factories}
     from pytest_gradhealth.diagnosing import diagnose
     from pytest_gradhealth.report.export import write_json
@@ -329,6 +339,9 @@ def _diagnose(args: argparse.Namespace) -> int:
     if args.json is not None:
         write_json(args.json, {"diagnoses": [d.to_dict() for d in diagnoses]})
         print(f"gradhealth: diagnoses written to {args.json}")
+    if args.plot is not None:
+        plots.save_figure(plots.timescale_figure(diagnoses[0]), args.plot)
+        print(f"gradhealth: timescales drawn to {args.plot}")
     return EXIT_OK
 
 

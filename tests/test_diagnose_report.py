@@ -74,3 +74,23 @@ def test_the_command_refuses_a_folder_as_the_json_path_before_probing(tmp_path):
     result = subprocess.run([*command, "--json", str(tmp_path)], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 2
     assert "--json" in result.stderr and "is a folder" in result.stderr
+
+
+def test_the_timescale_histogram_has_one_outline_per_gated_layer_and_marks_seq_len(tmp_path):
+    pytest.importorskip("matplotlib")
+    from torch import nn
+
+    from pytest_gradhealth import diagnose
+    from pytest_gradhealth.report import plots
+    from pytest_gradhealth.report.records import ProbeRecord
+
+    d = diagnose(nn.LSTM(4, 8, num_layers=2), 40, what_ifs=False)
+    figure = plots.timescale_figure(d)
+    gids = {artist.get_gid() for artist in figure.axes[0].get_children()}
+    assert {"timescales-0", "timescales-1", "seq-len"} <= gids
+    (line,) = [a for a in figure.axes[0].get_lines() if a.get_gid() == "seq-len"]
+    assert list(line.get_xdata()) == [40, 40]
+    check = {"assertion": "assert_no_vanishing", "verdict": "vanishing", "thresholds": {}, "diagnosis": d.to_dict()}
+    record = ProbeRecord("test_x.py::test_lstm", "LSTM", d.profile, "vanishing", check)
+    files = plots.write_plots([record], [], tmp_path)
+    assert [f.name for f in files if "timescales" in f.name] and all(f.exists() for f in files)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pytest_gradhealth.checks import from_record
+from pytest_gradhealth.diagnosis import Diagnosis
 from pytest_gradhealth.errors import GradHealthError, InvalidArgumentError
 from pytest_gradhealth.metrics import METRICS, number
 from pytest_gradhealth.report import PLOT_FORMATS
@@ -151,8 +152,8 @@ def _one_model(record: ProbeRecord) -> tuple:
 def write_plots(
     records: Sequence[ProbeRecord], references: Sequence[ProbeRecord], folder: Path, fmt: str = "png"
 ) -> list[Path]:
-    """A figure per probe (see `figure_groups`) and, when there are probes, `overview.<fmt>` comparing them all,
-    in the order of the JSON report.
+    """A figure per probe (see `figure_groups`), the memory timescales of each failing probe that carries a
+    diagnosis, and, when there are probes, `overview.<fmt>` comparing them all, in the order of the JSON report.
 
     Returns the files written, the overview last.
     """
@@ -166,6 +167,11 @@ def write_plots(
         path = folder / plot_filename(group[0].test, group[0].probe, fmt)
         save_figure(probe_figure(group, references), path)
         files.append(path)
+    for record in records:  # failing assertions that carry a diagnosis: their layers' timescales
+        if (record.check or {}).get("diagnosis") is not None:
+            path = folder / plot_filename(record.test, f"{record.probe} timescales", fmt)
+            save_figure(timescale_figure(Diagnosis.from_dict(record.check["diagnosis"])), path)
+            files.append(path)
     if records:
         path = folder / f"{OVERVIEW}.{fmt}"
         save_figure(overview_figure(records, references), path)
@@ -182,6 +188,35 @@ def save_figure(figure: Figure, path: Path) -> Path:
     with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "pytest-gradhealth"}):
         figure.savefig(path, format=fmt, dpi=100, metadata=metadata)
     return Path(path)
+
+
+# -- memory timescales ---------------------------------------------------------------------------------------
+
+
+def timescale_figure(diagnosis: Diagnosis) -> Figure:
+    """A histogram of the units' memory timescales, one outline per gated layer, with seq_len marked: units to its
+    right keep their state over the whole sequence. Timescales beyond the axis are counted in its last bin."""
+    figure, ax = _figure()
+    ax.set_yscale("linear")
+    ax.set_xscale("log")
+    seq_len = diagnosis.profile.seq_len
+    layers = [layer for layer in diagnosis.layers if layer.timescales is not None and len(layer.timescales)]
+    finite = np.concatenate([layer.timescales[np.isfinite(layer.timescales)] for layer in layers] or [np.ones(1)])
+    low, high = max(float(finite.min()), 0.5), max(float(finite.max()), 2.0 * seq_len)
+    bins = np.geomspace(low / 1.05, high * 1.05, 31)
+    for i, layer in enumerate(layers):
+        values = np.clip(layer.timescales, bins[0], bins[-1])
+        label = f"{layer.label}: {layer.reaching(seq_len)} of {len(values)} units reach seq_len"
+        ax.hist(values, bins=bins, histtype="step", linewidth=1.5, label=label, gid=f"timescales-{i}")
+    ax.axvline(seq_len, color="black", linestyle="--", linewidth=1, label=f"seq_len = {seq_len}", gid="seq-len")
+    if not layers:
+        ax.text(0.5, 0.5, "no gated layer: no memory timescales", transform=ax.transAxes, ha="center", gid="no-data")
+    ax.set_xlabel("memory timescale -1 / ln(mean forget or update gate), steps")
+    ax.set_ylabel("units")
+    ax.set_title(_shorten(f"{diagnosis.profile.name or diagnosis.profile.model}: memory timescales"), loc="left")
+    figure.legend(loc="outside lower center", fontsize=8, frameon=False)
+    figure.set_size_inches(WIDTH, 3.8 + 0.17 * (len(layers) + 1))
+    return figure
 
 
 # -- the figure of one probe ---------------------------------------------------------------------------------
