@@ -47,7 +47,7 @@ def test_show_compare_and_plot_run_with_torch_not_importable(tmp_path, args, sta
 
 
 def test_the_numpy_only_layers_import_neither_torch_nor_the_probe():
-    modules = ["metrics", "verdicts", "checks", "profile", "recording", "settings"]
+    modules = ["metrics", "verdicts", "checks", "profile", "diagnosis", "recording", "settings"]
     modules += [f"report.{p.stem}" for p in (PACKAGE / "report").glob("*.py") if p.stem not in ("references",)]
     code = (
         "import sys, importlib\n"
