@@ -71,6 +71,10 @@ class GradientProfile:
     hidden_size: int | None = None
     versions: dict[str, str] = field(default_factory=dict)
     contributions: dict[str, np.ndarray] | None = None
+    # Diagnosis read from the model and the gradients by the probe (None in profiles saved before it existed):
+    subnormal_steps: np.ndarray | None = None  # timesteps where some gradient entry is subnormal in `dtype`
+    zeros: str | None = None  # why some steps get exactly zero: "underflow", or "structural" (no path reaches them)
+    advice: str | None = None  # what to change when the gradient vanishes, from the modules the model contains
 
     def __post_init__(self) -> None:
         self.norms = np.asarray(self.norms, dtype=np.float64)
@@ -194,6 +198,9 @@ class GradientProfile:
             "contributions": None
             if self.contributions is None
             else {k: encode_floats(v) for k, v in self.contributions.items()},
+            "subnormal_steps": None if self.subnormal_steps is None else [int(s) for s in self.subnormal_steps],
+            "zeros": self.zeros,
+            "advice": self.advice,
         }
         return data
 
@@ -241,6 +248,11 @@ class GradientProfile:
             contributions=None
             if contributions is None
             else {str(k): decode_floats(v, f"contributions[{k}]") for k, v in contributions.items()},
+            subnormal_steps=None
+            if data.get("subnormal_steps") is None
+            else np.asarray(data["subnormal_steps"], dtype=np.int64),
+            zeros=data.get("zeros"),
+            advice=data.get("advice"),
         )
 
     def __repr__(self) -> str:

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from pytest_gradhealth import probe
+from pytest_gradhealth import probe, reference
 
 
 class Classifier(nn.Module):
@@ -193,3 +193,126 @@ def test_guarantees_hold_across_models_and_options(
     np.testing.assert_array_equal(first.norms, second.norms)
     np.testing.assert_array_equal(first.sample_norms, second.sample_norms)
     assert first.norms.shape == (checkpoints or 6,) and np.isfinite(first.norms).all()
+
+
+def test_a_buffer_that_forward_reassigns_is_put_back():
+    class Counter(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = nn.RNN(3, 4, batch_first=True)
+            self.register_buffer("calls", torch.zeros(()))
+
+        def forward(self, x):
+            self.calls = self.calls + 1  # a new tensor under the same name
+            return self.rnn(x)[0]
+
+    model = Counter()
+    original = model.calls
+    probe(model, 5)
+    assert model.calls is original and model.calls.item() == 0
+
+
+def test_reference_models_leave_every_cuda_generator_alone(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: calls.append(seed))
+    monkeypatch.setattr(torch.cuda, "manual_seed", lambda seed: calls.append(seed))
+    reference.lstm(4, 8, seed=3)
+    assert calls == []
+
+
+def test_parameters_that_forward_changes_in_place_are_put_back(state_guard):
+    class Renormalised(nn.Module):
+        """nn.Embedding(max_norm=...) renormalises the rows it looks up, in place; a clamp under no_grad too."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.embed = nn.Embedding(20, 4, max_norm=0.5)
+            self.rnn = nn.GRU(4, 6, batch_first=True)
+
+        def forward(self, x):
+            with torch.no_grad():
+                self.rnn.weight_hh_l0.clamp_(-0.1, 0.1)
+            return self.rnn(self.embed(x))[0]
+
+    model = state_guard(Renormalised())
+    probe(model, 8)
+
+
+def test_buffers_resized_or_registered_in_forward_are_restored_or_removed(state_guard):
+    class Growing(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.RNN(3, 4, batch_first=True)
+            self.register_buffer("seen", torch.zeros(2))
+
+        def forward(self, x):
+            self.seen.resize_(5).fill_(1.0)
+            self.register_buffer("cache", x.detach().sum(0))
+            return self.rnn(x)[0]
+
+    model = state_guard(Growing())
+    probe(model, 6)
+    assert not hasattr(model, "cache") and model.seen.shape == (2,)
+
+
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode, lambda: torch.set_grad_enabled(False)])
+def test_a_callers_no_grad_or_inference_mode_neither_disconnects_the_probe_nor_is_lost(mode):
+    model = reference.rnn(3, 4)
+    expected = probe(model, 6).norms
+    with mode():
+        np.testing.assert_array_equal(probe(model, 6).norms, expected)
+        assert not torch.is_grad_enabled()
+    assert torch.is_grad_enabled()
+
+
+def weight_normed() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.utils.weight_norm(nn.Linear(3, 3)), nn.RNN(3, 4, batch_first=True))
+
+
+def parametrized() -> nn.Module:
+    torch.manual_seed(0)
+    rnn = nn.RNN(3, 4, batch_first=True)
+    nn.utils.parametrizations.weight_norm(rnn, "weight_hh_l0")
+    return rnn
+
+
+def spectral_normed() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.utils.spectral_norm(nn.Linear(3, 3)), nn.RNN(3, 4, batch_first=True))
+
+
+@pytest.mark.parametrize("build", [weight_normed, parametrized, spectral_normed])
+def test_a_float64_copy_of_a_model_that_has_run_works_for_reparametrised_weights(build, state_guard):
+    model = build()
+    model(torch.zeros(1, 2, 3))  # weight_norm's computed weight is now on the graph, which deepcopy refuses
+    state_guard(model)
+    profile = probe(model, 6, dtype=torch.float64)
+    assert profile.dtype == "float64" and profile.norms[-1] > 0
+    if build is not spectral_normed:  # spectral norm's power iteration differs by precision
+        np.testing.assert_allclose(profile.norms, probe(model, 6).norms, rtol=1e-4)
+
+
+def test_an_empty_batch_is_refused():
+    from pytest_gradhealth import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match="empty batch"):
+        probe(nn.RNN(3, 4, batch_first=True), 5, inputs=torch.zeros(0, 5, 3))
+
+
+@pytest.mark.parametrize(("device", "words"), [("meta", "no values"), ("mps", "MPS is not available")])
+def test_a_device_that_cannot_be_probed_is_refused(device, words):
+    from pytest_gradhealth import InvalidArgumentError
+
+    if device == "mps" and torch.backends.mps.is_available():
+        pytest.skip("MPS is available here")
+    with pytest.raises(InvalidArgumentError, match=words):
+        probe(nn.RNN(3, 4, batch_first=True), 5, device=device)
+
+
+def test_a_model_on_the_meta_device_is_refused_with_a_gradhealth_error():
+    from pytest_gradhealth import GradHealthError
+
+    with pytest.raises(GradHealthError, match="meta"):
+        probe(nn.RNN(3, 4, batch_first=True, device="meta"), 5)

@@ -195,3 +195,32 @@ def test_token_index_out_of_range_points_at_vocab_size():
     model = nn.Sequential(nn.Embedding(10, 4), nn.RNN(4, 4, batch_first=True))
     with pytest.raises(ModelInterfaceError, match="vocab_size="):
         probe(model, 5, vocab_size=50)
+
+
+@pytest.mark.parametrize("seed", [2**64, -(2**63) - 1])
+def test_a_seed_out_of_a_generators_range_is_refused(seed):
+    with pytest.raises(InvalidArgumentError, match="seed must be"):
+        probe(nn.RNN(3, 4, batch_first=True), 5, seed=seed)
+
+
+@pytest.mark.parametrize("role", ["input_fn", "loss_fn"])
+def test_a_failing_user_function_is_named(role):
+    def broken(*args):
+        raise ZeroDivisionError("division by zero")
+
+    with pytest.raises(ModelForwardError, match=f"{role} raised ZeroDivisionError: division by zero"):
+        probe(nn.RNN(3, 4, batch_first=True), 5, **{role: broken})
+
+
+def test_out_of_memory_is_a_gradhealth_error_saying_how_to_shrink_the_probe():
+    class Hungry(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = nn.RNN(3, 4, batch_first=True)
+
+        def forward(self, x):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
+
+    with pytest.raises(ModelForwardError, match=r"ran out of memory .* batch_size= or seq_len") as info:
+        probe(Hungry(), 5)
+    assert isinstance(info.value.__cause__, torch.OutOfMemoryError)

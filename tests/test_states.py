@@ -18,8 +18,10 @@ from pytest_gradhealth import (
     InvalidArgumentTypeError,
     ModelInterfaceError,
     probe,
-    states,
 )
+from pytest_gradhealth.engine import aten
+from pytest_gradhealth.engine.taps import fused as fused_tap
+from pytest_gradhealth.engine.taps import lstm
 
 REL = 1e-9
 SEQ_LEN, BATCH, INPUT, HIDDEN = 9, 3, 4, 5
@@ -104,13 +106,13 @@ def last_output_loss(v: torch.Tensor):
 
 
 CASES = [(nn.RNN, "hidden"), (nn.GRU, "hidden"), (nn.LSTM, "hidden"), (nn.LSTM, "cell")]
-PATHS = {"split": 0, "one-call": math.inf}  # states._SPLIT_MIN_WORK that forces each way
+PATHS = {"split": 0, "one-call": math.inf}  # fused_tap.SPLIT_MIN_WORK that forces each way
 
 
 @pytest.fixture(params=PATHS)
 def path(request, monkeypatch):
     """A fused layer measured split in time, or in one call where it can be (the hidden state of an RNN or LSTM)."""
-    monkeypatch.setattr(states, "_SPLIT_MIN_WORK", PATHS[request.param])
+    monkeypatch.setattr(fused_tap, "SPLIT_MIN_WORK", PATHS[request.param])
     return request.param
 
 
@@ -135,13 +137,13 @@ def test_state_gradients_equal_an_unrolled_loop_of_cells(cls, measure, num_layer
 
 def counted_kernel_calls(monkeypatch, mode: str) -> list[int]:
     """The time steps of each call of the fused kernel for `mode` (the probe's, and the module's own when it runs)."""
-    calls, op = [], states._FUSED_OPS[mode]
+    calls, op = [], aten.FUSED_OPS[mode]
 
     def counting(x, *args):
         calls.append(x.shape[0])
         return op(x, *args)
 
-    monkeypatch.setitem(states._FUSED_OPS, mode, counting)
+    monkeypatch.setitem(aten.FUSED_OPS, mode, counting)
     return calls
 
 
@@ -294,8 +296,8 @@ def test_contributions_sum_to_the_autograd_weight_gradient(cls, monkeypatch):
         captured.update(weight_terms(aliases, grads))
         return captured
 
-    weight_terms = states.weight_terms
-    monkeypatch.setattr(states, "weight_terms", keep)
+    weight_terms = lstm.weight_terms
+    monkeypatch.setattr(lstm, "weight_terms", keep)
     module = fused(cls, 2, **({"proj_size": 3} if cls is nn.LSTM else {}))
     x, _ = inputs_and_projection()
     loss_fn = lambda output: output[0][:, -1].pow(2).sum()  # noqa: E731

@@ -1,0 +1,190 @@
+"""The forward pass on the probe's inputs, and the loss on its output."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from pytest_gradhealth.engine.inputs import call_user
+from pytest_gradhealth.engine.options import ProbeOptions
+from pytest_gradhealth.engine.sequences import BATCH_FEATURE_TIME, TIME_BATCH_FEATURE, last_steps
+from pytest_gradhealth.errors import (
+    GradHealthError,
+    InvalidArgumentError,
+    ModelForwardError,
+    ModelInterfaceError,
+)
+
+_TOKEN_WORDS = re.compile(r"indices.*(Long|Int)|expected .*(Long|Int).*(Float|Double|Half)", re.IGNORECASE)
+_SHAPE_WORDS = re.compile(r"size|shape|dimension|dim\b|mat1|expected .*input|index out of range", re.IGNORECASE)
+
+
+def model_name(model: Any) -> str:
+    """The model's class name, or a plain callable's own name."""
+    return type(model).__name__ if isinstance(model, nn.Module) else getattr(model, "__name__", type(model).__name__)
+
+
+class TokenInputsExpected(ModelInterfaceError):
+    """The model looked up float inputs in an embedding: it reads token indices."""
+
+
+def run_forward(model: Any, x: torch.Tensor, options: ProbeOptions) -> Any:
+    """The model's output on `x`; a failure is re-raised as a GradHealthError saying what the probe gave it.
+
+    `forward(model, x)` calls the model when given; otherwise a forward that needs more positional arguments than the
+    input gets `model.init_hidden(batch)` for the first (PyTorch's examples' convention) and None for the rest.
+    """
+    extra: list[Any] = []
+    try:
+        if options.forward is not None:
+            return options.forward(model, x)
+        if options.packed:
+            return model(pack_padded_sequence(x, options.lengths, options.batch_first, enforce_sorted=False))
+        extra = _state_arguments(model, x.shape[options.window.batch_axis])
+        return model(x, *extra)
+    except GradHealthError:
+        raise
+    except torch.OutOfMemoryError as exc:
+        raise ModelForwardError(
+            f"{model_name(model)} ran out of memory on the probe's input of shape {tuple(x.shape)} "
+            f"({x.numel() * x.element_size() / 2**20:.1f} MiB of input, plus the activations autograd keeps for every "
+            "step); pass a smaller batch_size= or seq_len, or checkpoints= with measure='hidden'"
+        ) from exc
+    except (RuntimeError, ValueError, IndexError, TypeError, NotImplementedError) as exc:
+        given = f"{'token' if not x.is_floating_point() else 'float'} input of shape {tuple(x.shape)}, {x.dtype}"
+        if x.is_floating_point() and _TOKEN_WORDS.search(str(exc)):
+            raise TokenInputsExpected(
+                f"{model_name(model)} looks its input up in an embedding, which needs token indices, but the probe "
+                f"gave it a {given}: pass vocab_size= (the embedding's number of tokens) to probe it with tokens"
+            ) from exc
+        if _SHAPE_WORDS.search(str(exc)):
+            raise ModelInterfaceError(
+                f"{model_name(model)} rejected the probe's {given} ({options.layout_name}): {exc}. "
+                "Pass input_size=, layout= (batch_first=), vocab_size=, forward= or inputs= to match what the model "
+                "expects"
+            ) from exc
+        hint = (
+            f"; its forward takes {len(extra)} argument(s) after the input, which the probe filled with "
+            f"{'init_hidden(batch)' if extra[0] is not None else 'None'}{' and None' if len(extra) > 1 else ''}: pass "
+            "forward=lambda model, x: model(x, ...) to call it the way it needs"
+            if extra
+            else ""
+        )
+        raise ModelForwardError(
+            f"{model_name(model)} raised inside forward on the probe's {given}: {exc}{hint}"
+        ) from exc
+    except Exception as exc:
+        raise ModelForwardError(
+            f"{model_name(model)} raised {type(exc).__name__} inside forward on the probe's input of shape "
+            f"{tuple(x.shape)}: {exc}"
+        ) from exc
+
+
+@contextlib.contextmanager
+def first_receiver(model: Any, x: torch.Tensor, wanted: Callable[[nn.Module], bool]) -> Iterator[list[nn.Module]]:
+    """Collect, during a forward pass, the first of the model's `wanted` modules called on `x` or a view of it."""
+    received: list[nn.Module] = []
+    storage = x.untyped_storage().data_ptr()
+
+    def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+        first = args[0] if args else None
+        if not received and isinstance(first, torch.Tensor) and first.untyped_storage().data_ptr() == storage:
+            received.append(module)
+
+    modules = [m for m in model.modules() if wanted(m)] if isinstance(model, nn.Module) else []
+    handles = [m.register_forward_pre_hook(hook) for m in modules]
+    try:
+        yield received
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _state_arguments(model: Any, batch: int) -> list[Any]:
+    """What to pass after the input to a forward that requires more: the model's initial state, then None."""
+    try:
+        parameters = list(
+            inspect.signature(model.forward if isinstance(model, nn.Module) else model).parameters.values()
+        )
+    except (TypeError, ValueError):  # a builtin or C callable: no signature to read
+        return []
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    required = [p for p in parameters[1:] if p.kind in positional and p.default is inspect.Parameter.empty]
+    if not required:
+        return []
+    init_hidden = getattr(model, "init_hidden", None)
+    if not callable(init_hidden):
+        return [None] * len(required)
+    try:
+        state = init_hidden(batch)
+    except Exception as exc:
+        raise ModelForwardError(
+            f"{model_name(model)}.forward needs a state argument and the probe called init_hidden({batch}), which "
+            f"raised {type(exc).__name__}: {exc}; pass forward=lambda model, x: ... to call the model yourself"
+        ) from exc
+    return [state] + [None] * (len(required) - 1)
+
+
+def _other_layout(options: ProbeOptions, rows: int) -> str:
+    """The layout to suggest when the output's rows are not the batch: time-major when they are the timesteps."""
+    if rows == options.seq_len and options.layout != TIME_BATCH_FEATURE:
+        return f"layout={TIME_BATCH_FEATURE!r} (batch_first=False)"
+    if rows == options.seq_len:
+        return "layout='batch-time-feature' (batch_first=True)"
+    return "layout= (or batch_first=) in the model's own order"
+
+
+def _first_tensor(output: Any) -> Any:
+    while isinstance(output, (tuple, list)) and not isinstance(output, PackedSequence) and output:
+        output = output[0]
+    return output
+
+
+def loss_of(output: Any, options: ProbeOptions, generator: torch.Generator, batch: int) -> torch.Tensor:
+    """`loss_fn(output)`, or the default: sum over the batch of <v, y_T>, v a unit vector drawn from `generator`."""
+    if options.loss_fn is not None:
+        loss = call_user(options.loss_fn, "loss_fn", output)
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.is_floating_point():
+            shown = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
+            raise InvalidArgumentError(f"loss_fn must return a floating scalar tensor, got {shown}")
+        return loss.reshape(())
+    y = _first_tensor(output)
+    if isinstance(y, PackedSequence):
+        y = pad_packed_sequence(y, batch_first=options.batch_first)[0]
+    if not isinstance(y, torch.Tensor):
+        raise ModelInterfaceError(
+            f"the model returned {type(y).__name__}; the probe expects a tensor (batch, seq, features) or "
+            "(batch, features), or a tuple whose first element is one; pass loss_fn= for other outputs"
+        )
+    if not y.is_floating_point():
+        raise ModelInterfaceError(
+            f"the model's output is a {y.dtype} tensor, which carries no gradient; return the floating output "
+            "(logits, hidden states) or pass loss_fn="
+        )
+    if y.dim() == 2 and y.shape[0] == options.seq_len * batch and options.layout != BATCH_FEATURE_TIME:
+        # A language model output flattened to (seq * batch, vocab) for its cross-entropy, in its own layout.
+        outer = (options.seq_len, batch) if options.layout == TIME_BATCH_FEATURE else (batch, options.seq_len)
+        y = y.reshape(*outer, -1)
+    if y.dim() < 2:
+        raise ModelInterfaceError(
+            f"the model's output has shape {tuple(y.shape)}: no time step to take. Expected {options.layout_name} "
+            "or (batch, features); pass loss_fn= to define the loss yourself"
+        )
+    if y.dim() >= 3:
+        y = last_steps(y, options.lengths, options.seq_len, options.layout)  # type: ignore[arg-type]
+    y = y.reshape(y.shape[0], -1)
+    if y.shape[0] != batch:
+        raise ModelInterfaceError(
+            f"the model's output has {y.shape[0]} rows at its last step but the batch has {batch}: the output's "
+            f"layout does not match the input's {options.layout_name}; pass {_other_layout(options, y.shape[0])}"
+        )
+    v = torch.randn(y.shape[1], generator=generator, dtype=torch.float64)
+    v = (v / v.norm()).to(dtype=y.dtype, device=y.device)
+    return (y * v).sum()

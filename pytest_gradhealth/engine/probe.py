@@ -1,0 +1,352 @@
+"""`probe`: one BPTT pass that measures how much gradient of a loss on the last output reaches each timestep.
+
+The line every probe runs: options -> model facts -> guard -> inputs -> tap -> forward -> loss -> gradient -> profile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence
+
+from pytest_gradhealth.engine import guard, kinds
+from pytest_gradhealth.engine.forward import TokenInputsExpected, first_receiver, loss_of, model_name, run_forward
+from pytest_gradhealth.engine.inputs import make_inputs
+from pytest_gradhealth.engine.options import (
+    DEFAULT_SEED,
+    STATE_MEASURES,
+    ForwardFn,
+    InputFn,
+    LossFn,
+    ProbeOptions,
+    make_options,
+)
+from pytest_gradhealth.engine.sequences import (
+    BATCH_FEATURE_TIME,
+    LAYOUTS,
+    TIME_BATCH_FEATURE,
+    batch_rms,
+    to_batch_time,
+)
+from pytest_gradhealth.engine.taps.base import Tap
+from pytest_gradhealth.engine.taps.embedding import EmbeddingTap
+from pytest_gradhealth.engine.taps.inputs import InputTap
+from pytest_gradhealth.engine.target import state_tap
+from pytest_gradhealth.errors import (
+    DisconnectedGradientError,
+    GradHealthError,
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    ModelInterfaceError,
+)
+from pytest_gradhealth.profile import GradientProfile
+from pytest_gradhealth.recording import emit
+
+
+def probe(
+    model: nn.Module | Callable[..., Any],
+    seq_len: int,
+    *,
+    input_size: int | None = None,
+    batch_size: int | None = None,
+    seed: int = DEFAULT_SEED,
+    inputs: torch.Tensor | PackedSequence | None = None,
+    input_fn: InputFn | None = None,
+    vocab_size: int | None = None,
+    batch_first: bool | None = None,
+    loss_fn: LossFn | None = None,
+    dtype: torch.dtype | str | None = None,
+    device: torch.device | str | None = None,
+    mode: str = "eval",
+    measure: str = "input",
+    name: str | None = None,
+    layer: int | None = None,
+    module: str | nn.Module | None = None,
+    cell: str | nn.Module | None = None,
+    checkpoints: int | None = None,
+    contributions: bool = False,
+    lengths: Sequence[int] | torch.Tensor | None = None,
+    layout: str | None = None,
+    forward: ForwardFn | None = None,
+) -> GradientProfile:
+    """Run one BPTT pass and measure the gradient norm that a loss on the last output sends to each timestep.
+
+    Inputs are N(0, 1) of shape (batch, seq_len, input_size) drawn from a private generator seeded by `seed`
+    (`inputs=` or `input_fn(batch_size, seq_len, generator)` replace them; `vocab_size=` draws integer tokens and
+    measures at the output of the model's lookup of them) and passed in the model's `layout` ("batch-time-feature",
+    "time-batch-feature" or "batch-feature-time"; `batch_first` for short), by `forward(model, inputs)` when given.
+    The default loss is sum over the batch of <v, y_T> with v a fixed random unit vector; `loss_fn(output)` replaces
+    it. The model, its gradients and the global random state are left exactly as they were. `dtype`/`device` other
+    than the model's probe a copy of it.
+
+    `measure="hidden"`/`"cell"` measure dL/dh_t / dL/dc_t of the recurrent states after each step t instead, in
+    `layer` (the top one by default) of the model's nn.RNN/LSTM/GRU (`module=` names it when there are several) or
+    at the outputs of a `cell=` called once per step; `contributions=True` adds each step's share of the recurrent
+    weights' gradient. `checkpoints=K` measures K evenly spaced steps. `lengths=` (or a PackedSequence input) marks
+    a padded batch: the loss is on each sample's last real step and norms are aligned by the lag from it.
+    """
+    # Every keyword above is a ProbeOptions field of the same name; with no layout given, the model's own is used.
+    given = {name: value for name, value in locals().items() if name not in ("model", "seq_len")}
+    return run_probe(model, make_options(model, seq_len, given))
+
+
+def run_probe(
+    model: Any, options: ProbeOptions, check: Callable[[GradientProfile], dict] | None = None
+) -> GradientProfile:
+    """Measure, then hand the profile and the verdict of `check` (if any) to the recording observers.
+
+    A disconnected model is recorded with the verdict "disconnected" before its error propagates.
+    """
+    try:
+        profile = measure_profile(model, options)
+    except DisconnectedGradientError as exc:
+        if exc.profile is not None:
+            emit(exc.profile, {"verdict": "disconnected", "message": str(exc)})
+        raise
+    emit(profile, None if check is None else check(profile))
+    return profile
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the probe reads from the model before it runs it."""
+
+    dtype: torch.dtype  # the probe's: asked, or the model's own
+    device: torch.device
+    model_dtype: torch.dtype
+    model_device: torch.device
+    vocab_size: int | None  # token inputs are drawn when set
+    input_size: int | None  # float inputs of this many features are drawn when set
+    inferred: bool  # input_size was read from the model, not given
+    hidden_size: int | None
+
+
+def model_facts(model: Any, options: ProbeOptions) -> ModelFacts:
+    """The dtype, device, input kind and size, and hidden size of `model`, or an error naming what to pass."""
+    if not callable(model):
+        raise InvalidArgumentTypeError(
+            f"model must be a torch.nn.Module or a callable taking the input tensor, got {type(model).__name__}"
+        )
+    model_dtype, model_device = guard.dtype_and_device(model)
+    if model_device.type == "meta":
+        raise ModelInterfaceError(
+            f"{model_name(model)}'s parameters are on the meta device: shapes without values, so there is no gradient "
+            "to measure; materialise it (to_empty(device='cpu') and load its weights) before probing"
+        )
+    first = kinds.first_input_module(model)
+    vocab_size = options.vocab_size
+    if vocab_size is None and first is not None and first[1].vocab_size is not None:
+        vocab_size = first[1].vocab_size(first[0])
+    input_size = None
+    if vocab_size is None and options.inputs is None and options.input_fn is None:
+        input_size = options.input_size or _input_size(model, first)
+    return ModelFacts(
+        dtype=options.dtype or model_dtype,
+        device=options.device or model_device,
+        model_dtype=model_dtype,
+        model_device=model_device,
+        vocab_size=vocab_size,
+        input_size=input_size,
+        inferred=input_size is not None and options.input_size is None,
+        hidden_size=kinds.hidden_size_of(model),
+    )
+
+
+def _input_size(model: Any, first: tuple[nn.Module, kinds.ModuleKind] | None) -> int:
+    if first is not None and first[1].input_size is not None:
+        return first[1].input_size(first[0])
+    raise InvalidArgumentError(
+        f"cannot infer input_size for {model_name(model)}: it has no nn.RNN/LSTM/GRU, cell, nn.Linear, nn.Conv1d or "
+        "module with an input_size attribute to read it from; pass input_size=, inputs= or input_fn="
+    )
+
+
+def measure_profile(model: nn.Module | Callable[..., Any], options: ProbeOptions) -> GradientProfile:
+    """`probe` without the recording: validated options in, profile out."""
+    facts = model_facts(model, options)
+    try:
+        profile = _measure(model, options, facts)
+    except TokenInputsExpected:
+        embedding = kinds.embedding_of(model)
+        if embedding is None or options.vocab_size is not None or options.inputs is not None or options.input_fn:
+            raise
+        # The model looks its input up in an embedding that is not the first module it registers: probe it with
+        # tokens of that embedding's vocabulary.
+        options = replace(options, vocab_size=kinds.kind_of(embedding).vocab_size(embedding))  # type: ignore[union-attr]
+        facts = model_facts(model, options)
+        profile = _measure(model, options, facts)
+    except _InputSizeFound as found:
+        # The first module the input reaches is not the one registered first: its input size is the one to draw.
+        options = replace(options, input_size=found.input_size)
+        profile = _measure(model, options, model_facts(model, options))
+    _check_layout(model, options, profile)
+    _check_connected(profile, model)
+    return profile
+
+
+def _measure(model: Any, options: ProbeOptions, facts: ModelFacts) -> GradientProfile:
+    """The probe's one pass: guard -> inputs -> tap -> forward -> loss -> gradient -> profile."""
+    window = options.window
+    tap: Tap | None = None
+    if options.measure in STATE_MEASURES:
+        tap = state_tap(
+            model, options.measure, options.layer, options.module, options.cell, options.contributions, window
+        )
+    with guard.guarded(model, options.mode, facts.device, options.seed) as guarded:
+        run_model = guard.converted(guarded, facts.dtype, facts.device, facts.model_dtype, facts.model_device)
+        generator = torch.Generator(device="cpu").manual_seed(options.seed)
+        x = make_inputs(options, generator, facts.vocab_size, facts.input_size, facts.dtype, facts.device)
+        batch = x.shape[window.batch_axis]
+        tokens = not x.is_floating_point()
+        if tap is None:
+            tap = EmbeddingTap(window, batch, model_name(model)) if tokens else InputTap(window)
+        with contextlib.ExitStack() as stack:
+            x = tap.attach(run_model, x, stack)
+            watched = run_model if facts.inferred else None  # which module the input reaches, when its size was a guess
+            try:
+                with first_receiver(watched, x, _takes_features) as received:
+                    output = run_forward(run_model, x, options)
+            except GradHealthError as exc:
+                if isinstance(tap, EmbeddingTap) and not tap.looked_up and kinds.embedding_of(run_model) is None:
+                    tap.measured()  # the error that says no lookup read the probe's tokens
+                _raise_if_another_input_size(received, facts, exc)
+                raise
+            loss = loss_of(output, options, generator, batch)
+            grads = _gradients(loss, tap.measured(), model)
+        result = tap.result(grads)
+    norms, sample_norms = batch_rms(result.squares, result.valid)
+    features = tap.embedding_dim if isinstance(tap, EmbeddingTap) else to_batch_time(x, window.layout).shape[-1]
+    return GradientProfile(
+        norms=norms,
+        sample_norms=sample_norms,
+        seq_len=options.seq_len,
+        steps=options.steps,
+        name=options.name or model_name(model),
+        model=model_name(model),
+        batch_size=batch,
+        seed=options.seed,
+        dtype=str(facts.dtype).replace("torch.", ""),
+        device=str(facts.device),
+        measure=options.measure,
+        mode=options.mode,
+        inputs="tokens" if tokens else "float",
+        input_size=int(features),  # type: ignore[arg-type]
+        hidden_size=facts.hidden_size,
+        layer=tap.layer,
+        versions=_versions(),
+        contributions=result.contributions,
+        subnormal_steps=None if result.subnormal is None else options.steps[result.subnormal],
+        zeros=_zeros(norms, result.subnormal, facts.dtype),
+        advice=kinds.advice_for(model),
+    )
+
+
+# A step next to exact zeros whose norm is below this many times the dtype's smallest normal number is taken to be on
+# its way to underflow: a gradient that decays into the subnormal range loses its entries one by one.
+_UNDERFLOW_MARGIN = 1e6
+
+
+def _zeros(norms: np.ndarray, subnormal: np.ndarray | None, dtype: torch.dtype) -> str | None:
+    """Why some steps get exactly zero gradient: "underflow" when the nonzero step next to them (towards the loss) is
+    subnormal or within a few orders of the smallest normal number, else "structural" (no path reaches them:
+    a convolution's receptive field, a mask, dead ReLUs). None when no step, or every step, is zero."""
+    zero = np.flatnonzero(norms == 0.0)
+    if zero.size == 0 or zero.size == norms.size or zero[-1] == norms.size - 1:
+        return None
+    neighbour = zero[-1] + 1
+    if subnormal is not None and subnormal[neighbour]:
+        return "underflow"
+    return "underflow" if norms[neighbour] < torch.finfo(dtype).tiny * _UNDERFLOW_MARGIN else "structural"
+
+
+class _InputSizeFound(Exception):
+    """The probe's input reached a module that takes another input size than the one it was drawn with."""
+
+    def __init__(self, input_size: int) -> None:
+        super().__init__(input_size)
+        self.input_size = input_size
+
+
+def _takes_features(module: nn.Module) -> bool:
+    kind = kinds.kind_of(module)
+    return kind is not None and kind.input_size is not None
+
+
+def _raise_if_another_input_size(received: list[nn.Module], facts: ModelFacts, exc: Exception) -> None:
+    if not received:
+        return
+    size = kinds.kind_of(received[0]).input_size(received[0])  # type: ignore[union-attr,misc]
+    if size != facts.input_size:
+        raise _InputSizeFound(size) from exc
+
+
+def _check_layout(model: Any, options: ProbeOptions, profile: GradientProfile) -> None:
+    """Never a verdict on a layout mismatch: when no gradient reaches any step before the last, probe the other
+    layouts, and if the sequence connects in one of them, say which to pass."""
+    norms = profile.norms
+    if options.measure != "input" or options.inputs is not None or options.input_fn is not None:
+        return  # a state tap reads its module's own layout; given inputs are in the layout the caller says
+    if not (np.all(norms[:-1] == 0.0) and norms[-1] > 0.0):
+        return
+    convolutional = any(k.layout == BATCH_FEATURE_TIME for _, _, k in kinds.contained(model, "projection"))
+    candidates = [o for o in LAYOUTS if o != options.layout and (o != BATCH_FEATURE_TIME or convolutional)]
+    for layout in candidates:
+        other = replace(options, layout=layout, batch_first=None)
+        try:
+            connected = np.any(_measure(model, other, model_facts(model, other)).norms[:-1] > 0.0)
+        except (GradHealthError, _InputSizeFound):  # the model does not run in that layout
+            continue
+        if connected:
+            flag = " (batch_first=False)" if layout == TIME_BATCH_FEATURE else ""
+            raise ModelInterfaceError(
+                f"in layout={options.layout!r} {options.layout_name} no gradient reaches any step before the last: "
+                f"{model_name(model)} reads the probe's timesteps as separate samples. In layout={layout!r} the "
+                f"sequence connects: pass layout={layout!r}{flag}"
+            )
+
+
+def _gradients(loss: torch.Tensor, measured: list[torch.Tensor], model: Any) -> list[torch.Tensor]:
+    if not loss.requires_grad:
+        raise DisconnectedGradientError(
+            f"the loss does not depend on the inputs at all: {model_name(model)}'s output carries no gradient "
+            "(computed under torch.no_grad, detached, or not from the input). This is a disconnected graph, "
+            "not vanishing"
+        )
+    grads = torch.autograd.grad(loss, measured, allow_unused=True)
+    return [torch.zeros_like(m) if g is None else g for m, g in zip(measured, grads, strict=False)]
+
+
+def _check_connected(profile: GradientProfile, model: Any) -> None:
+    norms = profile.norms
+    if np.all(norms == 0.0):
+        error = DisconnectedGradientError(
+            f"the gradient of the loss is exactly zero at every one of the {profile.seq_len} timesteps: "
+            f"{model_name(model)}'s output at the last step does not depend on its input (a detached path, "
+            "dead ReLUs, a zeroed mask). This is a disconnected graph, not vanishing"
+        )
+        error.profile = profile
+        raise error
+    if norms[-1] == 0.0:
+        raise ModelInterfaceError(
+            f"the gradient at the last timestep is exactly zero while earlier steps have some: ratios relative to "
+            f"it would be meaningless. {model_name(model)}'s last output does not depend on its last input (a delay "
+            "or a masked final step); pass loss_fn= to put the loss where the last input matters"
+        )
+
+
+def _versions() -> dict[str, str]:
+    from pytest_gradhealth import __version__
+
+    return {
+        "pytest_gradhealth": __version__,
+        "torch": str(torch.__version__),
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }

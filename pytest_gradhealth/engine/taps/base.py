@@ -1,0 +1,99 @@
+"""The tap protocol: where the probe reads the gradient, and what it read."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from pytest_gradhealth.engine.sequences import Window, to_batch_time
+
+
+@dataclass
+class TapResult:
+    """Per-sample squared gradient norms at the profile's steps (by lag), where valid, and weight contributions."""
+
+    squares: np.ndarray
+    valid: np.ndarray
+    contributions: dict[str, np.ndarray] | None = None
+    subnormal: np.ndarray | None = None  # per profile step: some gradient entry is subnormal (None: not read)
+
+
+class Tap(Protocol):
+    """Where the gradient is read: attached before the forward pass, read after the backward pass."""
+
+    layer: int | None  # the measured layer of a recurrent module; None where the tap reads no layer
+
+    def attach(self, model: Any, x: torch.Tensor, stack: contextlib.ExitStack) -> torch.Tensor:
+        """Install what the tap needs in `model` until `stack` closes; return the input to call the model with."""
+        ...
+
+    def measured(self) -> list[torch.Tensor]:
+        """The tensors to differentiate the loss by, once the forward pass has run."""
+        ...
+
+    def result(self, grads: list[torch.Tensor]) -> TapResult:
+        """What was measured, from the gradients of the loss at `measured()`."""
+        ...
+
+
+def step_squares(grads: list[torch.Tensor], layout: str) -> np.ndarray:
+    """(batch, seq) squared norms, in float64, of one gradient over the whole sequence or one per timestep."""
+    if len(grads) == 1:
+        g = to_batch_time(grads[0].detach(), layout)
+        # One kernel that reads in float64, not a float64 copy and two more ops: each op is a share of a small probe.
+        squares = torch.linalg.vector_norm(g.reshape(g.shape[0], g.shape[1], -1), dim=-1, dtype=torch.float64) ** 2
+    else:
+        squares = torch.stack([g.detach().to(torch.float64).reshape(g.shape[0], -1).pow(2).sum(-1) for g in grads], 1)
+    return squares.cpu().numpy()
+
+
+def stacked_squares(grads: torch.Tensor) -> np.ndarray:
+    """(steps, batch, ...) gradients to (batch, steps) squared norms in float64."""
+    g = grads.detach().to(torch.float64)
+    return g.reshape(g.shape[0], g.shape[1], -1).pow(2).sum(-1).T.cpu().numpy()
+
+
+def sequence_result(grads: list[torch.Tensor], window: Window) -> TapResult:
+    """The result of a tap that reads one tensor per sequence or one per timestep, every step in time order."""
+    squares, valid = window.by_lag(step_squares(grads, window.layout), np.arange(window.seq_len))
+    subnormal = None if window.lengths is not None else subnormal_steps(grads, window.layout)[window.steps]
+    return TapResult(squares, valid, None, subnormal)
+
+
+def subnormal_steps(grads: list[torch.Tensor], layout: str) -> np.ndarray:
+    """Per timestep, whether any entry of the gradient is subnormal: nonzero but below the dtype's smallest normal
+    number, where it has lost precision on its way to underflowing to zero."""
+    tiny = torch.finfo(grads[0].dtype).tiny
+    if len(grads) == 1:
+        g = to_batch_time(grads[0].detach(), layout)
+        g = g.reshape(g.shape[0], g.shape[1], -1)
+    else:
+        g = torch.stack([s.detach().reshape(s.shape[0], -1) for s in grads], 1)
+    return ((g != 0) & (g.abs() < tiny)).any(-1).any(0).cpu().numpy()
+
+
+def stand_in_forward(module: torch.nn.Module, forward: Any, stack: contextlib.ExitStack) -> None:
+    """Call `forward` in place of `module`'s own forward until `stack` closes (hooks still run around it)."""
+    saved = module.__dict__.get("forward")
+    module.forward = forward
+
+    def restore() -> None:
+        if saved is None:
+            del module.forward
+        else:
+            module.forward = saved
+
+    stack.callback(restore)
+
+
+@dataclass(frozen=True)
+class StateRequest:
+    """What a state tap measures: which measure ('hidden' or 'cell'), in which layer, with weight contributions."""
+
+    measure: str
+    layer: int
+    contributions: bool

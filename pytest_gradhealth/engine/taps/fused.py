@@ -1,0 +1,233 @@
+"""The fused-state tap: dL/dh_t (and dL/dc_t) of an nn.RNN/LSTM/GRU, whose per-step states autograd cannot see.
+
+For the probe's one forward pass the module's forward is replaced by the same computation run layer by layer through
+`aten.run_layer`, in one of two ways:
+
+- Split in time (any module, both measures): the measured layer is split after each measured step, one call of the
+  fused kernel per chunk, each starting from the previous chunk's final state. That state is one tensor, used as the
+  next chunk's initial state and as the layer's output at that step, so its gradient is the total derivative. The cell
+  state's path through h_t is internal to the kernel and is added from the recomputed output gate.
+- One call (measure="hidden" of an nn.RNN or nn.LSTM): h_{t-1} enters step t only through the term W_hh h_{t-1} of
+  the pre-activation, so the layer runs once with an extra input u = 0 (seq, batch, hidden) whose weight is W_hh
+  ([x_t, u_t] times [W_ih, W_hh]): the values are unchanged, and dL/du_t = W_hh^T dL/dpre_t is the gradient of h_{t-1}
+  along its path into step t. dL/dh_t is the gradient at the layer's output at step t (the layer above, the model's
+  output, and the final state, which is read from the output) plus dL/du_{t+1}. Not for a GRU, whose h_{t-1} also
+  enters inside r_t * (W_hn h_{t-1} + b_hn), nor for the cell state, whose path into step t+1 is not additive.
+  Each fused call has a fixed cost (about 0.35 ms forward and backward on CPU), which is what this path saves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
+
+from pytest_gradhealth.engine import aten
+from pytest_gradhealth.engine.sequences import Window, measured_at
+from pytest_gradhealth.engine.taps import lstm
+from pytest_gradhealth.engine.taps.base import StateRequest, TapResult, stacked_squares, stand_in_forward
+from pytest_gradhealth.errors import ModelInterfaceError
+
+# Which way a fused layer is measured, where both can. The split path pays a fixed cost per call of the fused kernel
+# (on CPU about 0.35 ms forward and backward for an LSTM); the one-call path a fused pass about 1.3 to 1.5 times as
+# long (its input projection is wider by W_hh). So splitting is the cheaper where its chunks are long and each step is
+# expensive: in float32 on 2 CPU cores (nn.RNN and nn.LSTM, hidden 64 to 256, batch 8, 4 to 512 chunks), where each
+# chunk holds at least about this much work, in steps x batch x hidden_size^2.
+SPLIT_MIN_WORK = 2**22
+
+
+def one_call(module: nn.RNNBase, request: StateRequest, batch_steps_per_chunk: float) -> bool:
+    """Whether the measured layer runs in one fused call with a zero recurrent input instead of split in time.
+
+    `batch_steps_per_chunk`: batch size times the split path's mean chunk length.
+    """
+    if request.measure != "hidden" or module.mode == "GRU" or request.contributions:
+        return False
+    return batch_steps_per_chunk * module.hidden_size**2 < SPLIT_MIN_WORK
+
+
+class FusedStatesTap:
+    """Stands in for an nn.RNN/LSTM/GRU's forward for one call: layer by layer, the measured layer split in time."""
+
+    def __init__(self, path: str | None, module: nn.RNNBase, window: Window, request: StateRequest) -> None:
+        self.path, self.module, self.window, self.request = path, module, window, request
+        self.layer = request.layer
+        self.lstm = module.mode == "LSTM"
+        self.one_call = False  # decided in __call__, where the batch is known
+        self.measured_at = measured_at(window.steps, window.lengths, window.seq_len)  # every sample's own steps
+        self.aliased = set(window.steps.tolist()) if request.contributions else set()
+        self.calls = 0
+        self.cuts: list[int] = []
+        self.states: dict[int, tuple[torch.Tensor, ...]] = {}
+        self.aliases: dict[str, list[torch.Tensor]] = {}
+        self.inputs = self.outputs = self.initial = torch.empty(0)
+        self.layer_output = self.recurrent = torch.empty(0)  # the one-call path's measured tensors: output and u
+
+    def attach(self, model: Any, x: torch.Tensor, stack: contextlib.ExitStack) -> torch.Tensor:
+        if self.path is not None:  # the same module in `model`, which may be a converted copy of the user's
+            self.module = model.get_submodule(self.path)
+        stand_in_forward(self.module, self, stack)
+        return x
+
+    def __call__(self, input: torch.Tensor | PackedSequence, hx: Any = None) -> tuple[Any, Any]:
+        module = self.module
+        self.calls += 1
+        if self.calls > 1:
+            raise ModelInterfaceError(
+                f"the model calls its {type(module).__name__} more than once per forward pass; the probe measures "
+                "the states of a module that runs the sequence once"
+            )
+        packed = isinstance(input, PackedSequence)
+        if packed:
+            x, lengths = pad_packed_sequence(input)
+            last = [int(n) - 1 for n in lengths]  # each sample's last step, where its final state is
+        else:
+            if input.dim() != 3:
+                raise ModelInterfaceError(
+                    f"the model calls its {type(module).__name__} with a {input.dim()}-D input; the probe measures "
+                    "batched sequences (3-D, or a PackedSequence)"
+                )
+            x = input.transpose(0, 1) if module.batch_first else input
+            last = [x.shape[0] - 1]
+        if x.shape[0] != self.window.seq_len:
+            raise ModelInterfaceError(
+                f"the model runs its {type(module).__name__} over {x.shape[0]} timesteps but seq_len is "
+                f"{self.window.seq_len}; the measured states must be the probe's timesteps"
+            )
+        initial = self._initial_states(x, hx)
+        unmeasured = {x.shape[0] - 1, *last, *self.aliased}
+        split = sorted({*unmeasured, *self.measured_at})
+        self.one_call = one_call(module, self.request, x.shape[0] * x.shape[1] / len(split))
+        finals = []
+        for layer in range(module.num_layers):
+            measured = layer == self.layer
+            cuts = split if measured and not self.one_call else sorted(unmeasured)
+            out, states = self._run_layer(layer, x, initial[layer], cuts, measured and self.one_call)
+            if measured:
+                self.cuts, self.states, self.layer_output = cuts, states, out
+                self.inputs, self.outputs = x.detach(), out.detach()
+                self.initial = initial[layer][0].detach()
+            # h_n is read from the output, so that the output's gradient includes the path through it.
+            h_n = out[last, torch.arange(out.shape[1], device=out.device)]
+            finals.append((h_n, *(_own_steps(states, last) if packed else states[x.shape[0] - 1])[1:]))
+            x = out
+            if layer < module.num_layers - 1 and module.dropout:
+                x = nn.functional.dropout(x, module.dropout, module.training)
+        hidden = tuple(torch.stack([f[k] for f in finals]) for k in range(len(finals[0])))
+        if packed:
+            output: Any = _pack_like(x, input)
+        else:
+            output = x.transpose(0, 1) if module.batch_first else x
+        return output, hidden if self.lstm else hidden[0]
+
+    def _initial_states(self, x: torch.Tensor, hx: Any) -> list[tuple[torch.Tensor, ...]]:
+        module = self.module
+        if hx is None:
+            sizes = [module.proj_size or module.hidden_size, module.hidden_size] if self.lstm else [module.hidden_size]
+            hx = [x.new_zeros(module.num_layers, x.shape[1], size) for size in sizes]
+        elif not self.lstm:
+            hx = [hx]
+        states = [tuple(h[layer] for h in hx) for layer in range(module.num_layers)]
+        # A leaf that needs a gradient, so that every state after it is on the autograd graph.
+        states[self.layer] = tuple(
+            s if s.requires_grad else s.detach().requires_grad_(True) for s in states[self.layer]
+        )
+        return states
+
+    def _weights(self, layer: int) -> list[str]:
+        names = [f"weight_ih_l{layer}", f"weight_hh_l{layer}"]
+        if self.module.bias:
+            names += [f"bias_ih_l{layer}", f"bias_hh_l{layer}"]
+        if self.lstm and self.module.proj_size:
+            names.append(f"weight_hr_l{layer}")
+        return names
+
+    def _run_layer(
+        self, layer: int, x: torch.Tensor, state: tuple[torch.Tensor, ...], cuts: list[int], zero_recurrent: bool
+    ) -> tuple[torch.Tensor, dict[int, tuple[torch.Tensor, ...]]]:
+        """One layer over the sequence, one fused call per chunk; the state after each chunk's last step.
+
+        `zero_recurrent`: the input gets the extra zero input u (`self.recurrent`) through W_hh, for the one-call path.
+        """
+        names = self._weights(layer)
+        weights = [getattr(self.module, name) for name in names]
+        if zero_recurrent:
+            self.recurrent = x.new_zeros(*x.shape[:2], weights[1].shape[1]).requires_grad_(True)
+            x = torch.cat([x, self.recurrent], dim=-1)
+            weights[0] = torch.cat([weights[0], weights[1]], dim=1)
+        recurrent = [i for i, name in enumerate(names) if name.startswith(("weight_hh", "weight_hr"))]
+        pieces, states, start = [], {}, 0
+        for end in cuts:
+            chunks = [(start, end, False)]
+            if end in self.aliased:  # the step on its own, with its own copy of the recurrent weights
+                chunks = [(start, end - 1, False), (end, end, True)] if start < end else [(end, end, True)]
+            for first, last, aliased in chunks:
+                used = list(weights)
+                if aliased:
+                    for i in recurrent:
+                        used[i] = weights[i].detach().requires_grad_(True)
+                        self.aliases.setdefault(names[i], []).append(used[i])
+                hx = tuple(s[None] for s in state) if self.lstm else state[0][None]
+                out, *final = aten.run_layer(self.module, x[first : last + 1], hx, used)
+                state = tuple(f[0] for f in final)
+                states[last] = state
+                # The state is the output at the chunk's last step too: one tensor, as in an unrolled loop.
+                pieces += [out[:-1], state[0][None]]
+            start = end + 1
+        return torch.cat(pieces), states
+
+    def measured(self) -> list[torch.Tensor]:
+        """The tensors to differentiate: the measured layer's states at the cuts, then the weight copies."""
+        if self.calls == 0:
+            raise ModelInterfaceError(
+                f"the model never called its {type(self.module).__name__} in the forward pass, so it has no states "
+                "to measure; pass module= naming the one it uses"
+            )
+        if self.one_call:
+            return [self.layer_output, self.recurrent]
+        tensors = [self.states[t][0] for t in self.cuts]
+        if self.request.measure == "cell":
+            tensors += [self.states[t][1] for t in self.cuts]
+        return tensors + [a for copies in self.aliases.values() for a in copies]
+
+    @torch.no_grad()
+    def result(self, grads: list[torch.Tensor]) -> TapResult:
+        if self.one_call:  # dL/dh_t: at the output at step t, plus dL/du_{t+1} (none after the last step)
+            at = self.measured_at
+            steps = torch.tensor(at, device=grads[0].device)
+            g = grads[0][steps] + nn.functional.pad(grads[1], (0, 0, 0, 0, 0, 1))[steps + 1]
+            return TapResult(*self.window.by_lag(stacked_squares(g), np.asarray(at)))
+        n = len(self.cuts)
+        g = torch.stack(grads[:n])
+        if self.request.measure == "cell":
+            cuts = torch.tensor(self.cuts, device=g.device)
+            h_prev = torch.cat([self.initial[None], self.outputs[:-1]])[cuts]
+            c = torch.stack([self.states[t][1] for t in self.cuts])
+            g = torch.stack(grads[n : 2 * n]) + lstm.through_hidden(
+                g, self.inputs[cuts], h_prev, c, self.module, f"_l{self.layer}"
+            )
+            n *= 2
+        squares, valid = self.window.by_lag(stacked_squares(g), np.asarray(self.cuts))
+        return TapResult(squares, valid, lstm.contributions(self.aliases, grads[n:]))
+
+
+def _own_steps(states: dict[int, tuple[torch.Tensor, ...]], steps: list[int]) -> tuple[torch.Tensor, ...]:
+    """Each sample's state after its own step: sample b's after steps[b]."""
+    parts = range(len(states[steps[0]]))
+    return tuple(torch.stack([states[t][k][b] for b, t in enumerate(steps)]) for k in parts)
+
+
+def _pack_like(padded: torch.Tensor, like: PackedSequence) -> PackedSequence:
+    """A (seq, batch, ...) tensor packed with the same batch sizes and sample order as `like`."""
+    batch_sizes = like.batch_sizes
+    order = like.sorted_indices
+    if order is None:
+        order = torch.arange(padded.shape[1])
+    order = order.to(padded.device)
+    time = torch.repeat_interleave(torch.arange(len(batch_sizes)), batch_sizes).to(padded.device)
+    samples = torch.cat([order[:n] for n in batch_sizes.tolist()])
+    return PackedSequence(padded[time, samples], batch_sizes, like.sorted_indices, like.unsorted_indices)
