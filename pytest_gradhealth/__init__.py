@@ -21,52 +21,47 @@ from pytest_gradhealth.errors import (
 
 __version__ = "0.1.1"
 
+# The public names that need torch or numpy, each listed once with its module: loaded on first use.
 _LAZY = {
-    "probe": "pytest_gradhealth.probing",
-    "GradientProfile": "pytest_gradhealth.profile",
-    "assert_no_vanishing": "pytest_gradhealth.assertions",
-    "assert_no_exploding": "pytest_gradhealth.assertions",
-    "assert_finite_gradients": "pytest_gradhealth.assertions",
-    "assert_memory_horizon": "pytest_gradhealth.assertions",
-    "assert_no_worse_than": "pytest_gradhealth.assertions",
-    "GradHealth": "pytest_gradhealth.fixture",
+    "pytest_gradhealth.probing": ("probe",),
+    "pytest_gradhealth.profile": ("GradientProfile",),
+    "pytest_gradhealth.assertions": (
+        "assert_finite_gradients",
+        "assert_memory_horizon",
+        "assert_no_exploding",
+        "assert_no_vanishing",
+        "assert_no_worse_than",
+    ),
+    "pytest_gradhealth.fixture": ("GradHealth",),
 }
+_MODULE_OF = {name: module for module, names in _LAZY.items() for name in names}
 
-if TYPE_CHECKING:
-    from pytest_gradhealth.assertions import (
-        assert_finite_gradients,
-        assert_memory_horizon,
-        assert_no_exploding,
-        assert_no_vanishing,
-        assert_no_worse_than,
-    )
-    from pytest_gradhealth.fixture import GradHealth
-    from pytest_gradhealth.probing import probe
-    from pytest_gradhealth.profile import GradientProfile
+if TYPE_CHECKING:  # what type checkers see of _LAZY (explicit re-exports); a test checks that the two agree
+    from pytest_gradhealth.assertions import assert_finite_gradients as assert_finite_gradients
+    from pytest_gradhealth.assertions import assert_memory_horizon as assert_memory_horizon
+    from pytest_gradhealth.assertions import assert_no_exploding as assert_no_exploding
+    from pytest_gradhealth.assertions import assert_no_vanishing as assert_no_vanishing
+    from pytest_gradhealth.assertions import assert_no_worse_than as assert_no_worse_than
+    from pytest_gradhealth.fixture import GradHealth as GradHealth
+    from pytest_gradhealth.probing import probe as probe
+    from pytest_gradhealth.profile import GradientProfile as GradientProfile
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _MODULE_OF:
+        return getattr(importlib.import_module(_MODULE_OF[name]), name)
     raise AttributeError(f"module 'pytest_gradhealth' has no attribute {name!r}")
 
 
-__all__ = [
+__all__ = [  # the errors imported above, then the lazy names
     "DisconnectedGradientError",
-    "GradHealth",
     "GradHealthError",
     "GradientHealthError",
-    "GradientProfile",
     "InvalidArgumentError",
     "InvalidArgumentTypeError",
     "ModelForwardError",
     "ModelInterfaceError",
     "ReportFormatError",
     "__version__",
-    "assert_finite_gradients",
-    "assert_memory_horizon",
-    "assert_no_exploding",
-    "assert_no_vanishing",
-    "assert_no_worse_than",
-    "probe",
+    *_MODULE_OF,
 ]

@@ -1,8 +1,8 @@
 """`gradhealth`: probe a model, show, compare and plot saved reports, from the command line.
 
-The commands reuse the plugin's pieces: the settings' parsers, the report renderers, the JSON report, the comparison
-and its fail rules, the reference models and the plots. A table, a file and an exit status mean the same from either.
-Modules that load torch are imported by the command that needs them, so `--help` answers at once.
+The commands share the plugin's pieces: the settings' parsers, the report options (declared once, here without the
+`gradhealth-` prefix), the recorder and its naming rule, and the report pipeline. A table, a file and an exit status
+mean the same from either. Only `probe` loads torch; `show`, `compare` and `plot` read a JSON report without it.
 """
 
 from __future__ import annotations
@@ -22,16 +22,22 @@ from pytest_gradhealth import __version__
 from pytest_gradhealth.errors import DisconnectedGradientError, GradHealthError, InvalidArgumentError
 from pytest_gradhealth.report import PLOT_FORMATS
 from pytest_gradhealth.report.gate import parse_fail_rule
+from pytest_gradhealth.report.options import ReportOptions, add_report_options
 from pytest_gradhealth.settings import HELP, MARKER_OPTIONS, SETTINGS, Settings
 
 if TYPE_CHECKING:
     from torch import nn
 
     from pytest_gradhealth.profile import GradientProfile
-    from pytest_gradhealth.recording import Observer
+    from pytest_gradhealth.report.pipeline import Outcome, RunState
     from pytest_gradhealth.report.records import ProbeRecord
 
-EXIT_OK, EXIT_REGRESSED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2  # EXIT_FAILED: a gate failed, or a probe failed its thresholds
+EXIT_STATUS = """\
+Exit status: 0 success; 1 a probe failed the thresholds (probe) or the gate failed: a probe regressed past a --fail
+rule, was measured with other settings than its baseline, or was removed (compare); 2 bad arguments or input, such
+as a missing or corrupt report.
+"""
 # `Settings` fields, with their help from the plugin's options: flag -> metavar
 SETTING_FLAGS = {
     "batch_size": "N",
@@ -58,8 +64,7 @@ examples:
   gradhealth compare baseline.json report.json --fail ratio:10x --fail horizon:5
   gradhealth plot report.json --out plots/
 
-Run `gradhealth COMMAND --help` for a command's options. Exit status: 0 success, 1 a probe regressed past a
---fail threshold (compare), 2 bad arguments or input.
+Run `gradhealth COMMAND --help` for a command's options.
 """
 PROBE_EPILOG = """\
 MODULE is a dotted module importable from the current folder (models, mypkg.models) or a path to a .py file
@@ -71,16 +76,20 @@ examples:
   gradhealth probe path/to/models.py:TokenLSTM --seq-len 50 100 200 --references --json report.json
   gradhealth probe models:rnn models:lstm --seq-len 100 --dtype float64 --plot rnn-vs-lstm.png
   gradhealth probe models:build_lstm --seq-len 100 --measure cell --batch-size 16 --seed 1
+  gradhealth probe models:build_lstm --seq-len 100 --compare baseline.json --compare-fail ratio:10x
 """
 SHOW_EPILOG = """\
 examples:
   gradhealth show gradhealth-report.json         # written by pytest --gradhealth-json or gradhealth probe --json
-  gradhealth show -q baseline.json               # only the probes that are not ok
+  gradhealth show -q baseline.json               # compact rows; -qq: only the probes that are not ok
 """
 COMPARE_EPILOG = """\
-Probes are matched by test id and probe name. A --fail rule is METRIC:AMOUNT: ratio:10x (the ratio fell by more
-than a factor of 10), half_life:20% (fell by more than 20%), horizon:5 (fell by more than 5 steps). The exit status
-is 1 when a probe crossed a rule, 0 otherwise: usable as a CI gate.
+Probes are matched by test id and probe name, as the pytest plugin matches them, and compared only when they were
+measured with the same settings (seq_len, measure, dtype, batch size, seed, mode, inputs, layer): a probe measured
+otherwise is a "mismatch" and fails. A baseline probe the report lacks is "removed" (fails) when the report's run
+covered its test, "not run" (does not fail) when it did not. A --fail rule is METRIC:AMOUNT: ratio:10x (the ratio
+fell by more than a factor of 10), half_life:20% (fell by more than 20%), horizon:5 (fell by more than 5 steps).
+The exit status is 1 when the gate fails, 0 otherwise: usable as a CI gate.
 
 examples:
   gradhealth compare baseline.json report.json
@@ -119,21 +128,23 @@ def build_parser() -> argparse.ArgumentParser:
         prog="gradhealth",
         description="Measure how far the gradient of a recurrent PyTorch model reaches back in time, and show,\n"
         "compare and plot the reports that pytest --gradhealth-json and gradhealth probe --json write.",
-        epilog=MAIN_EPILOG,
+        epilog=MAIN_EPILOG + EXIT_STATUS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     table = _Parser(add_help=False)
     table.add_argument("-v", "--verbose", action="count", default=0, help="more columns: model, measure, dtype, batch")
-    table.add_argument("-q", "--quiet", action="count", default=0, help="list only the probes that are not ok")
+    table.add_argument(
+        "-q", "--quiet", action="count", default=0, help="compact rows; -qq: only the probes that are not ok"
+    )
 
     def command(name: str, run: Callable[[argparse.Namespace], int], summary: str, epilog: str, **kw: Any) -> Any:
         sub = commands.add_parser(
             name,
             help=summary,
             description=summary,
-            epilog=epilog,
+            epilog=epilog + EXIT_STATUS,
             formatter_class=argparse.RawDescriptionHelpFormatter,
             **kw,
         )
@@ -151,13 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument(
         "--seq-len", nargs="+", required=True, type=_parser("seq_len", SETTINGS), metavar="N", help="lengths to probe"
     )
-    output = probe.add_argument_group("outputs besides the table")
-    output.add_argument(
-        "--references",
-        action="store_true",
-        help="also probe the reference tanh RNN and LSTMs of the model's input and hidden size, the same way",
-    )
-    output.add_argument("--json", type=Path, metavar="FILE", help="write the report as JSON (gradhealth show reads it)")
+    output = probe.add_argument_group("outputs besides the table (the pytest plugin's --gradhealth-* report options)")
+    add_report_options(output.add_argument)
     output.add_argument(
         "--plot", type=Path, metavar="FILE", help="draw the probe to FILE (.png or .svg); several probes: an overview"
     )
@@ -183,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument(
         "--fail", action="append", default=[], metavar="EXPR", help="exit 1 when a probe regressed past EXPR"
     )
+    add_report_options(compare.add_argument, names=("markdown",))
 
     plot = command("plot", _plot, "Draw the figures of a saved JSON report.", PLOT_EPILOG)
     plot.add_argument(
@@ -221,10 +228,13 @@ def _probe(args: argparse.Namespace) -> int:
         **{key: getattr(args, key) for key in SETTING_FLAGS if getattr(args, key) is not None},
         options={key: getattr(args, key) for key in OPTION_FLAGS if getattr(args, key) is not None},
     )
+    options = ReportOptions.read(vars(args).get, Path(), table=True, verbosity=args.verbose - args.quiet)
+    options.check(plots_format_given=args.plots_format is not None)
     models = {spec: load_model(spec) for spec in args.factories}  # every factory, before any probe runs
     from pytest_gradhealth.probing import make_options, run_probe  # torch: after the checks that need none
-    from pytest_gradhealth.recording import observe
+    from pytest_gradhealth.recording import Recorder, observe
     from pytest_gradhealth.report import plots
+    from pytest_gradhealth.report.records import ProbeRecord
 
     if args.plot is not None:
         plots.plot_format(args.plot)
@@ -232,70 +242,77 @@ def _probe(args: argparse.Namespace) -> int:
 
     records: list[ProbeRecord] = []
     for spec, model in models.items():
-        with observe(_recorder(records, spec, settings)):
+
+        def sink(raw: dict[str, Any], profile: GradientProfile, test: str = spec) -> None:
+            records.append(ProbeRecord.from_raw(test, raw, settings.min_ratio, settings.max_ratio, profile))
+
+        with observe(Recorder(sink)):
             for seq_len in args.seq_len:
-                try:
-                    run_probe(model, make_options(model, seq_len, settings.probe_options()))
+                try:  # named by its length, so that probes of several lengths keep their keys across runs
+                    name = f"{type(model).__name__} seq_len={seq_len}"
+                    run_probe(model, make_options(model, seq_len, {**settings.probe_options(), "name": name}))
                 except DisconnectedGradientError:
                     pass  # recorded with the verdict "disconnected", as in a test
-    references = []
-    if args.references:
-        from pytest_gradhealth.report.references import measure_references
-
-        references = measure_references(records, settings.min_ratio, settings.max_ratio)
-    _print_tables(records, references, args)
-    if args.references and not references:
+    outcome = _pipeline(options, records, settings)
+    if args.references and not outcome.references:
         print("gradhealth: no reference models: they copy the sizes of an nn.RNN/LSTM/GRU, and the model has none")
-    if args.json is not None:
-        from pytest_gradhealth.report import export
-
-        limits = {"min_ratio": settings.min_ratio, "max_ratio": settings.max_ratio}
-        export.write_json(args.json, export.build_report(records, references, limits, Path.cwd()))
-        print(f"gradhealth: report written to {args.json}")
     if args.plot is not None:
         groups = plots.figure_groups(records)
         one = len(groups) == 1
         plots.save_figure(
-            plots.probe_figure(groups[0], references) if one else plots.overview_figure(records, references), args.plot
+            plots.probe_figure(groups[0], outcome.references)
+            if one
+            else plots.overview_figure(records, outcome.references),
+            args.plot,
         )
         print(f"gradhealth: plot written to {args.plot}")
-    return EXIT_OK
+    failing = [r for r in records if r.verdict != "ok"]
+    if failing:
+        print(
+            f"gradhealth: {len(failing)} probe(s) failed the thresholds (min_ratio {settings.min_ratio:g}, "
+            f"max_ratio {settings.max_ratio:g}): {', '.join(sorted({r.verdict for r in failing}))}"
+        )
+    return EXIT_FAILED if failing or outcome.failed else EXIT_OK
 
 
-def _recorder(records: list[ProbeRecord], spec: str, settings: Settings) -> Observer:
-    """Records each probe as the plugin does, with the factory as its test and the length in its name."""
-    from pytest_gradhealth.report.records import ProbeRecord
+def _pipeline(
+    options: ReportOptions,
+    records: Sequence[ProbeRecord],
+    settings: Settings,
+    state: RunState | None = None,
+    references: Sequence[ProbeRecord] = (),
+) -> Outcome:
+    """Runs the report pipeline as the plugin does, and prints its lines."""
+    from pytest_gradhealth.report.pipeline import Pipeline, RunState
 
-    def record(profile: GradientProfile, check: dict[str, Any] | None) -> None:
-        raw = {"probe": f"{profile.name} seq_len={profile.seq_len}", "profile": profile.to_dict(), "check": check}
-        records.append(ProbeRecord.from_raw(spec, raw, settings.min_ratio, settings.max_ratio))
-
-    return record
+    width, color = _terminal()
+    limits = {"min_ratio": settings.min_ratio, "max_ratio": settings.max_ratio}
+    pipeline = Pipeline(options, limits, Path.cwd(), width=width, color=color)
+    outcome = pipeline.run(records, state or RunState(), references)
+    _print(outcome.lines)
+    return outcome
 
 
 def _show(args: argparse.Namespace) -> int:
     from pytest_gradhealth.report.export import load_report
 
     report = load_report(args.report)
-    _print_tables(report.records, report.references, args)
+    options = ReportOptions(table=True, verbosity=args.verbose - args.quiet)
+    _pipeline(options, report.records, Settings(), references=report.references)
     return EXIT_OK
 
 
 def _compare(args: argparse.Namespace) -> int:
     rules = [parse_fail_rule(text, "--fail") for text in args.fail]
-    from pytest_gradhealth.report.baseline import compare
+    options = ReportOptions.read(vars(args).get, Path())  # --markdown
+    options.compare_path, options.fail_rules = args.baseline, rules
+    options.check(plots_format_given=False)  # reads the baseline; refuses a --markdown path that is the baseline
     from pytest_gradhealth.report.export import load_report
-    from pytest_gradhealth.report.text import regression_line, render_comparison
+    from pytest_gradhealth.report.pipeline import RunState
 
-    baseline, report = load_report(args.baseline), load_report(args.report)
-    rows = compare(baseline.records, report.records, rules)
-    width, color = _terminal()
-    _print(render_comparison(rows, str(args.baseline), width=width, color=color))
-    regressions = regression_line(rows)
-    if regressions:
-        print(regressions)
-        return EXIT_REGRESSED
-    return EXIT_OK
+    report = load_report(args.report)
+    state = RunState(scope=report.scope, exists=lambda file: Path(file).exists())
+    return EXIT_FAILED if _pipeline(options, report.records, Settings(), state).failed else EXIT_OK
 
 
 def _plot(args: argparse.Namespace) -> int:
@@ -337,6 +354,8 @@ def load_model(spec: str) -> nn.Module:
         )
     try:
         model = target()
+    except SystemExit as exc:
+        raise InvalidArgumentError(f"{spec}: calling {attribute}() called sys.exit({exc.code!r})") from None
     except Exception as exc:  # the user's code: any failure is reported in one line, not a traceback
         raise InvalidArgumentError(f"{spec}: calling {attribute}() raised {type(exc).__name__}: {exc}") from None
     if not isinstance(model, nn.Module):
@@ -356,6 +375,11 @@ def _import(name: str) -> ModuleType:
         return importlib.import_module(name)
     except GradHealthError:
         raise
+    except SystemExit as exc:
+        raise InvalidArgumentError(
+            f"importing {name} called sys.exit({exc.code!r}): a module to probe must not exit while it loads "
+            "(keep script code under `if __name__ == '__main__':`)"
+        ) from None
     except Exception as exc:  # not found, or the user's module failed as it ran
         missing = getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None
         if missing is not None and (name == missing or name.startswith(f"{missing}.")):
@@ -378,15 +402,6 @@ def _import_file(path: Path) -> ModuleType:
     sys.modules[path.stem] = module
     spec.loader.exec_module(module)
     return module
-
-
-def _print_tables(records: Sequence[ProbeRecord], references: Sequence[ProbeRecord], args: argparse.Namespace) -> None:
-    """The report table and the references, as the plugin prints them at the end of a session."""
-    from pytest_gradhealth.report.text import render_references, render_table
-
-    width, color = _terminal()
-    _print(render_table(records, width=width, verbosity=args.verbose - args.quiet, color=color))
-    _print(render_references(references, width=width))
 
 
 def _terminal() -> tuple[int, bool]:

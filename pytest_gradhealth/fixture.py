@@ -2,19 +2,59 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from typing import Any
 
-from pytest_gradhealth import assertions
+from pytest_gradhealth import assertions, probing
 from pytest_gradhealth.errors import InvalidArgumentError
-from pytest_gradhealth.probing import probe
 from pytest_gradhealth.profile import GradientProfile
 from pytest_gradhealth.settings import Settings
+
+
+def _forward(function: Callable[..., GradientProfile], bound: str | None = None) -> Callable[..., GradientProfile]:
+    """A method that calls `function` with the configured seq_len and probe options, and the setting `bound` for the
+    argument of the same name, each where the test gives none. Arguments given to the method win."""
+    signature = inspect.signature(function)
+    named = [name for name, p in signature.parameters.items() if p.kind is p.POSITIONAL_OR_KEYWORD]
+
+    def method(self: GradHealth, *args: Any, **kwargs: Any) -> GradientProfile:
+        __tracebackhide__ = True
+        arguments = signature.bind_partial(*args, **kwargs).arguments
+        given = {name: arguments.pop(name, None) for name in named}
+        given = {name: value for name, value in given.items() if value is not None}
+        options = {**arguments.pop("options", {}), **arguments}  # an assertion's **options, or probe's keywords
+        given.setdefault("seq_len", self.settings.seq_len)
+        if bound is not None:
+            given.setdefault(bound, getattr(self.settings, bound))
+        missing = [name for name in named if name not in given and signature.parameters[name].default is _EMPTY]
+        if missing:
+            raise InvalidArgumentError(f"{function.__name__} needs {missing[0]}=, {_NEEDS.get(missing[0], 'a value')}")
+        return function(**given, **self._options(options))
+
+    parameters, defaulted = [], False  # seq_len and the bound default to the settings; later ones to None
+    for p in signature.parameters.values():
+        defaulted = defaulted or p.name in ("seq_len", bound)
+        needs_default = defaulted and p.kind is p.POSITIONAL_OR_KEYWORD and (p.default is _EMPTY or p.name == bound)
+        parameters.append(p.replace(default=None) if needs_default else p)
+    self_parameter = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    method.__signature__ = signature.replace(parameters=[self_parameter, *parameters])  # type: ignore[attr-defined]
+    method.__name__ = function.__name__
+    method.__doc__ = f"`{function.__name__}` with the configured defaults" + (
+        f" and the configured {bound} unless one is given." if bound else "."
+    )
+    return method
+
+
+_EMPTY = inspect.Parameter.empty
+_NEEDS = {"min_steps": "the horizon to require", "model": "the model to probe", "reference": "what to compare with"}
 
 
 class GradHealth:
     """Probe and assert with the defaults configured for this test (marker > options > ini > built-ins).
 
-    Arguments given to a method win over every configured default.
+    Each method takes the arguments of the function of the same name in `pytest_gradhealth`; seq_len may be left
+    out. Arguments given to a method win over every configured default.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -26,58 +66,13 @@ class GradHealth:
             del defaults["batch_size"]  # the batch is the given one
         return {**defaults, **options}
 
-    def _seq_len(self, seq_len: int | None) -> int:
-        return self.settings.seq_len if seq_len is None else seq_len
-
-    def probe(self, model: Any, seq_len: int | None = None, **options: Any) -> GradientProfile:
-        """`pytest_gradhealth.probe` with the configured seq_len, batch_size, seed, device and dtype."""
-        return probe(model, self._seq_len(seq_len), **self._options(options))
-
-    def assert_no_vanishing(
-        self, model: Any, seq_len: int | None = None, min_ratio: float | None = None, **options: Any
-    ) -> GradientProfile:
-        """`assert_no_vanishing` with the configured min_ratio unless one is given."""
-        __tracebackhide__ = True
-        bound = self.settings.min_ratio if min_ratio is None else min_ratio
-        return assertions.assert_no_vanishing(model, self._seq_len(seq_len), bound, **self._options(options))
-
-    def assert_no_exploding(
-        self, model: Any, seq_len: int | None = None, max_ratio: float | None = None, **options: Any
-    ) -> GradientProfile:
-        """`assert_no_exploding` with the configured max_ratio unless one is given."""
-        __tracebackhide__ = True
-        bound = self.settings.max_ratio if max_ratio is None else max_ratio
-        return assertions.assert_no_exploding(model, self._seq_len(seq_len), bound, **self._options(options))
-
-    def assert_finite_gradients(self, model: Any, seq_len: int | None = None, **options: Any) -> GradientProfile:
-        """`assert_finite_gradients` with the configured defaults."""
-        __tracebackhide__ = True
-        return assertions.assert_finite_gradients(model, self._seq_len(seq_len), **self._options(options))
-
-    def assert_memory_horizon(
-        self,
-        model: Any,
-        seq_len: int | None = None,
-        min_steps: int | None = None,
-        threshold: float = 0.01,
-        **options: Any,
-    ) -> GradientProfile:
-        """`assert_memory_horizon`; `min_steps` is required."""
-        __tracebackhide__ = True
-        if min_steps is None:
-            raise InvalidArgumentError("assert_memory_horizon needs min_steps=, the horizon to require")
-        return assertions.assert_memory_horizon(
-            model, self._seq_len(seq_len), min_steps, threshold, **self._options(options)
-        )
-
-    def assert_no_worse_than(
-        self, model: Any, reference: Any, seq_len: int | None = None, factor: float = 10.0, **options: Any
-    ) -> GradientProfile:
-        """`assert_no_worse_than` with the configured defaults applied to both probes."""
-        __tracebackhide__ = True
-        return assertions.assert_no_worse_than(
-            model, reference, self._seq_len(seq_len), factor, **self._options(options)
-        )
+    # the forwarding table: each public function, and the setting that fills its bound
+    probe = _forward(probing.probe)
+    assert_no_vanishing = _forward(assertions.assert_no_vanishing, "min_ratio")
+    assert_no_exploding = _forward(assertions.assert_no_exploding, "max_ratio")
+    assert_finite_gradients = _forward(assertions.assert_finite_gradients)
+    assert_memory_horizon = _forward(assertions.assert_memory_horizon)
+    assert_no_worse_than = _forward(assertions.assert_no_worse_than)
 
     def __repr__(self) -> str:
         return f"GradHealth({self.settings})"

@@ -49,8 +49,11 @@ def decode_floats(values: Any, what: str) -> np.ndarray:
 class GradientProfile:
     """How much gradient of a loss on the last output reaches each timestep.
 
-    `norms[i]` is sqrt(mean over the batch of ||dL/dx_t||^2) for t = `steps[i]`; `steps` is every timestep
-    0 (earliest) .. seq_len-1 (latest) unless only some were measured.
+    `norms[i]` is sqrt(mean over the batch of ||g_t||^2) for t = `steps[i]`, g_t the gradient of the loss at what
+    `measure` names: the input x_t ("input"), the hidden state h_t ("hidden") or the cell state c_t ("cell"). In a
+    padded batch (`lengths=`) the samples are aligned by their lag from each one's last real step, and the mean is
+    over the samples that reach that lag. `steps` is every timestep 0 (earliest) .. seq_len-1 (latest) unless only
+    some were measured.
     """
 
     norms: np.ndarray

@@ -32,3 +32,20 @@ def observe(observer: Observer) -> Iterator[None]:
         yield
     finally:
         _observers.remove(observer)
+
+
+class Recorder:
+    """Names the probes of one test and hands each one's plain record (and the profile it holds) to `sink`.
+
+    The one naming rule of every front end: a probe is named by its profile's name, and a name measured again in the
+    same test gets #2, #3, ... So a report of `gradhealth probe` and one of a pytest session name probes alike.
+    """
+
+    def __init__(self, sink: Callable[[dict[str, Any], GradientProfile], None]) -> None:
+        self.sink = sink
+        self.seen: dict[str, int] = {}
+
+    def __call__(self, profile: GradientProfile, check: dict[str, Any] | None) -> None:
+        count = self.seen[profile.name] = self.seen.get(profile.name, 0) + 1
+        name = profile.name if count == 1 else f"{profile.name}#{count}"
+        self.sink({"probe": name, "profile": profile.to_dict(), "check": check}, profile)

@@ -1,65 +1,72 @@
-"""The controller's side of the plugin: collects the records that travel on test reports, then renders, exports,
-saves, compares and plots them at the end of the session. Registered only when a --gradhealth* report option is given,
-and never on an xdist worker."""
+"""The controller's side of the plugin: collects the records that travel on test reports, follows how the run goes,
+and at its end hands both to the report pipeline. Registered on every run that is not an xdist worker; it writes and
+prints only when a report option was given."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_gradhealth.report.gate import FailRule
+from pytest_gradhealth.report.options import ReportOptions
 from pytest_gradhealth.settings import Settings
 
 if TYPE_CHECKING:
-    from pytest_gradhealth.report.records import ProbeRecord
+    from pytest_gradhealth.report.pipeline import RunState
 
 RECORD_NAME = "gradhealth"  # the user_properties name under which each measured profile travels
-
-
-@dataclass
-class ReportOptions:
-    """What the user asked of the report on the command line."""
-
-    table: bool = False
-    json_path: Path | None = None
-    save_path: Path | None = None
-    overwrite: bool = False
-    compare_path: Path | None = None
-    fail_rules: list[FailRule] = field(default_factory=list)
-    create_missing: bool = False
-    references: bool = False
-    plots_dir: Path | None = None
-    plots_format: str = "png"
-
-    @property
-    def active(self) -> bool:
-        return bool(self.table or self.json_path or self.save_path or self.compare_path or self.plots_dir)
+SELECTING = ("keyword", "markexpr", "deselect", "lf", "stepwise")  # options that run a part of the suite
 
 
 class GradHealthSession:
-    """Aggregates every test's records; at session finish writes files and sets the exit status; then prints."""
+    """Aggregates every test's records and what happened to every test; at session finish runs the report pipeline,
+    sets the exit status, then prints its lines in the terminal summary."""
 
     def __init__(self, config: pytest.Config, options: ReportOptions, settings: Settings) -> None:
         self.config = config
         self.options = options
         self.settings = settings
         self.raw: dict[str, list[dict[str, Any]]] = {}
+        self.ran: set[str] = set()
+        self.failed: set[str] = set()
+        self.collected: set[str] = set()
+        self.deselected = False
+        self.interrupted = ""
         self.lines: list[str] = []
-        self.regressed = False
-
-    @pytest.hookimpl
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        records: list[Any] = [value for name, value in report.user_properties if name == RECORD_NAME]
-        if records or report.nodeid not in self.raw:
-            self.raw[report.nodeid] = records  # a later phase's report carries all earlier records too
 
     @pytest.hookimpl(tryfirst=True)
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        from pytest_gradhealth.report import export, text
-        from pytest_gradhealth.report.baseline import compare
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Takes the records off the report (JUnit XML gets the short properties only) and notes the outcome."""
+        records = [value for name, value in report.user_properties if name == RECORD_NAME]
+        report.user_properties[:] = [(name, value) for name, value in report.user_properties if name != RECORD_NAME]
+        if records or report.nodeid not in self.raw:
+            self.raw[report.nodeid] = records  # a later phase's report carries all earlier records too
+        if report.when == "call":
+            self.ran.add(report.nodeid)
+        if report.failed:
+            self.failed.add(report.nodeid)
+
+    @pytest.hookimpl
+    def pytest_deselected(self, items: list[pytest.Item]) -> None:
+        self.deselected = self.deselected or bool(items)
+
+    @pytest.hookimpl
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self.collected.update(item.nodeid for item in session.items)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        self.collected.update(ids)  # under xdist the workers collect; the controller hears their ids
+
+    @pytest.hookimpl
+    def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+        self.interrupted = f"interrupted ({excinfo.typename})"
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if not self.options.active:
+            return
+        from pytest_gradhealth.report.pipeline import Pipeline
         from pytest_gradhealth.report.records import ProbeRecord
 
         s = self.settings
@@ -68,68 +75,55 @@ class GradHealthSession:
             for test in sorted(self.raw)
             for raw in self.raw[test]
         ]
-        references = []
-        if self.options.references:
-            from pytest_gradhealth.report.references import measure_references
-
-            references = measure_references(records, s.min_ratio, s.max_ratio)
         writer = self.config.get_terminal_writer()
-        width, color, verbosity = writer.fullwidth, writer.hasmarkup, self.config.get_verbosity()
-        if self.options.table:
-            self.lines += text.render_table(records, width=width, verbosity=verbosity, color=color)
-            self.lines += text.render_references(references, width=width)
-        report = export.build_report(
-            records, references, {"min_ratio": s.min_ratio, "max_ratio": s.max_ratio}, self.config.rootpath
+        pipeline = Pipeline(
+            self.options,
+            {"min_ratio": s.min_ratio, "max_ratio": s.max_ratio},
+            self.config.rootpath,
+            width=writer.fullwidth,
+            color=writer.hasmarkup,
+            failing=": failing the session",
         )
-        if self.options.json_path:
-            self._write(session, self.options.json_path, report, "report written to")
-        compare_path = self.options.compare_path
-        if compare_path and compare_path.exists():
-            baseline = export.load_report(compare_path)
-            rows = compare(baseline.records, records, self.options.fail_rules)
-            self.lines += text.render_comparison(rows, str(compare_path), width=width, color=color)
-            regressions = text.regression_line(rows)
-            if regressions:
-                self.regressed = True
-                self.lines.append(f"{regressions}: failing the session")
-                if session.exitstatus == pytest.ExitCode.OK:
-                    session.exitstatus = pytest.ExitCode.TESTS_FAILED
-        elif compare_path:  # missing, and --gradhealth-create-missing was given (checked at start-up)
-            self._write(session, compare_path, report, "baseline did not exist, written from this run to")
-        if self.options.save_path:
-            if session.exitstatus != pytest.ExitCode.OK:
-                self.lines.append(
-                    f"gradhealth: note: the session did not pass (exit status {int(session.exitstatus)}): probes of "
-                    "tests that stopped before probing are missing from this baseline and will show as new later"
-                )
-            self._write(session, self.options.save_path, report, "baseline saved to")
-        if self.options.plots_dir:
-            self.lines.append(self._write_plots(records, references, self.options.plots_dir))
+        outcome = pipeline.run(records, self._state(session, exitstatus))
+        self.lines = outcome.lines
+        if outcome.failed and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if exitstatus == pytest.ExitCode.INTERNAL_ERROR:  # pytest prints no terminal summary after one
+            for line in self.lines:
+                writer.line(line)
 
-    def _write(self, session: pytest.Session, path: Path, report: dict[str, Any], done: str) -> None:
-        """Write a report file; a failure becomes a line of the summary and a failed session, never a traceback."""
-        from pytest_gradhealth.report.export import write_json
+    def _state(self, session: pytest.Session, exitstatus: int) -> RunState:
+        """How the session went, in the pipeline's terms."""
+        from pytest_gradhealth.report.baseline import Scope
+        from pytest_gradhealth.report.pipeline import RunState
 
-        try:
-            write_json(path, report)
-        except OSError as exc:
-            self.lines.append(f"gradhealth: could not write {path}: {exc.strerror or exc}: failing the session")
-            if session.exitstatus == pytest.ExitCode.OK:
-                session.exitstatus = pytest.ExitCode.TESTS_FAILED
-            return
-        self.lines.append(f"gradhealth: {done} {path}")
-
-    def _write_plots(self, records: list[ProbeRecord], references: list[ProbeRecord], folder: Path) -> str:
-        """Writes the figures; without matplotlib, says so in one line and leaves the session's outcome alone."""
-        from pytest_gradhealth.report import plots
-
-        try:
-            files = plots.write_plots(records, references, folder, self.options.plots_format)
-        except plots.MatplotlibMissingError as exc:
-            return f"gradhealth: no plots written to {folder}: {exc}"
-        if not files:
-            return f"gradhealth: no probes were measured: no plots written to {folder}"
-        return f"gradhealth: {len(files)} plots written to {folder} (one per probe and an overview)"
+        option = self.config.option
+        selected = any(getattr(option, name, None) for name in SELECTING)
+        full = not (selected or self.deselected or any("::" in arg for arg in self.config.args))
+        interrupted = self.interrupted
+        if not interrupted and exitstatus in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.INTERNAL_ERROR):
+            interrupted = f"stopped with exit status {int(exitstatus)} ({pytest.ExitCode(exitstatus).name})"
+        failed = ""
+        if self.failed:
+            failed = f"{len(self.failed)} test(s) failed or errored"
+        elif session.shouldfail or session.shouldstop:
+            failed = f"stopped early ({session.shouldfail or session.shouldstop})"
+        elif exitstatus not in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+            failed = f"exit status {int(exitstatus)}"
+        rootpath = self.config.rootpath
+        return RunState(
+            scope=Scope(
+                full=full,
+                ran=frozenset(self.ran),
+                collected=frozenset(self.collected),
+                files=frozenset(test.split("::")[0] for test in self.collected),
+            ),
+            exists=lambda file: (rootpath / file).exists(),
+            interrupted=interrupted,
+            failed=failed,
+            collect_only=bool(option.collectonly),
+            missing=sorted(self.failed | (self.collected - self.ran)),
+        )
 
     @pytest.hookimpl
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:

@@ -36,6 +36,12 @@ def broken():
 
 def not_a_model():
     return 42
+
+
+def exits():
+    import sys
+
+    sys.exit(0)
 """
 
 
@@ -50,6 +56,7 @@ def project(tmp_path: Path) -> Path:
     """A folder with a models module and a file that is JSON but not a report."""
     (tmp_path / "models.py").write_text(MODELS)
     (tmp_path / "foreign.json").write_text('{"a": 1}')
+    (tmp_path / "script.py").write_text("import sys\nsys.exit(0)\n")
     return tmp_path
 
 
@@ -87,10 +94,14 @@ def test_probe_prints_the_plugins_table_and_show_prints_it_again_from_json(proje
     probed = gradhealth(
         "probe", "models:small_rnn", "models.py:lstm", "--seq-len", "10", "20", "--json", "r.json", cwd=project
     )
-    assert probed.returncode == 0, probed.stderr
+    assert probed.returncode == 1, probed.stderr  # the tanh RNN fails the default thresholds
     saved = load_report(project / "r.json")
     table = render_table(saved.records, width=120)
-    assert probed.stdout.splitlines() == [*table, "gradhealth: report written to r.json"]
+    assert probed.stdout.splitlines() == [
+        *table,
+        "gradhealth: report written to r.json",
+        "gradhealth: 2 probe(s) failed the thresholds (min_ratio 0.001, max_ratio 1000): vanishing",
+    ]
     assert [(r.test, r.probe, r.verdict) for r in saved.records] == [
         ("models.py:lstm", "ReferenceLSTM seq_len=10", "ok"),
         ("models.py:lstm", "ReferenceLSTM seq_len=20", "ok"),
@@ -179,6 +190,12 @@ def test_plot_without_matplotlib_names_the_extra(project):
             "--fail: 'ratio:20%': ratios span orders of magnitude",
         ),
         (["plot", "foreign.json", "--out", "p", "--format", "pdf"], "argument --format: invalid choice: 'pdf'"),
+        (["probe", "script.py:lstm", "--seq-len", "10"], "importing script.py called sys.exit(0): a module to probe"),
+        (["probe", "models:exits", "--seq-len", "10"], "models:exits: calling exits() called sys.exit(0)"),
+        (["probe", "models:lstm", "--seq-len", "10", "--json", "."], "--json: . is a folder; give the path of a file"),
+        (["probe", "models:lstm", "--seq-len", "10", "--compare-fail", "ratio:10x"], "--compare-fail needs --compare"),
+        (["compare", "foreign.json", "foreign.json"], "foreign.json: a JSON file, but not a pytest-gradhealth report"),
+        (["compare", "a.json", "b.json", "--fail", "ratio:1e400x"], "a factor must be > 1"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_clear_line(project, args, message):
@@ -187,3 +204,32 @@ def test_bad_arguments_exit_2_with_one_clear_line(project, args, message):
     assert result.stdout == ""
     assert result.stderr.startswith("gradhealth: error: ") and result.stderr.count("\n") == 1, result.stderr
     assert message in result.stderr
+
+
+def test_probe_exits_0_when_every_probe_passes_the_thresholds_and_gates_like_the_plugin(project):
+    passed = gradhealth("probe", "models:lstm", "--seq-len", "10", "--save", "base.json", cwd=project)
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    assert passed.stdout.splitlines()[-1] == "gradhealth: baseline saved to base.json"
+    gated = gradhealth(
+        "probe",
+        "models:lstm",
+        "--seq-len",
+        "10",
+        "--seed",
+        "3",
+        "--compare",
+        "base.json",
+        "--markdown",
+        "s.md",
+        cwd=project,
+    )
+    assert gated.returncode == 1
+    assert "mismatch (seed 0 -> 3: re-save the baseline)" in gated.stdout
+    assert (project / "s.md").read_text().startswith("## Gradient health\n")
+
+
+def test_help_documents_the_exit_statuses(project):
+    for command in ("probe", "compare"):
+        text = " ".join(gradhealth(command, "--help", cwd=project).stdout.split())
+        assert "Exit status: 0 success; 1 a probe failed the thresholds (probe) or the gate failed" in text
+        assert "2 bad arguments or input" in text

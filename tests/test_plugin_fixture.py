@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 MODELS = """
@@ -167,11 +169,17 @@ def test_every_profile_measured_in_a_test_is_recorded_on_its_report(suite):
             pass
         """
     )
-    reprec = suite.inline_run()
+    reprec = suite.inline_run("--gradhealth-json=r.json")
     reports = {r.nodeid.split("::")[-1]: r for r in reprec.getreports("pytest_runtest_logreport") if r.when == "call"}
-    records = {name: [v for k, v in r.user_properties if k == "gradhealth"] for name, r in reports.items()}
+    probes = json.loads((suite.path / "r.json").read_text())["probes"]
+    records = {name: [p for p in probes if p["test"].endswith(f"::{name}")] for name in reports}
     assert [r["probe"] for r in records["test_two"]] == ["ReferenceRNN", "ReferenceRNN#2", "lstm"]
     assert [r["profile"]["seq_len"] for r in records["test_two"]] == [10, 12, 20]
     assert [r["check"] and r["check"]["verdict"] for r in records["test_two"]] == [None, None, "ok"]
     assert records["test_failing"][0]["check"]["verdict"] == "vanishing"
     assert records["test_none"] == []
+    # the report keeps only short strings, which JUnit XML shows as properties
+    properties = dict(reports["test_two"].user_properties)
+    assert all(isinstance(value, str) for value in properties.values())
+    assert properties["gradhealth.lstm.verdict"] == "ok" and properties["gradhealth.ReferenceRNN#2.seq_len"] == "12"
+    assert {"ratio", "rate", "half_life", "horizon"} <= {key.split(".")[-1] for key in properties}

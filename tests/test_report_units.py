@@ -9,11 +9,14 @@ import numpy as np
 import pytest
 
 from pytest_gradhealth import GradientProfile, InvalidArgumentError, ReportFormatError
+from pytest_gradhealth.metrics import METRICS, Metric
 from pytest_gradhealth.report.baseline import compare
 from pytest_gradhealth.report.export import build_report, load_report, write_json
 from pytest_gradhealth.report.gate import FailRule, parse_fail_rule
+from pytest_gradhealth.report.markdown import render_markdown
 from pytest_gradhealth.report.records import ProbeRecord, worst_first
 from pytest_gradhealth.report.text import render_comparison, render_table
+from pytest_gradhealth.verdicts import failure_message
 
 
 def record(test: str, rate: float, seq_len: int = 11, verdict: str = "ok", probe: str = "m") -> ProbeRecord:
@@ -79,7 +82,7 @@ def test_comparison_matches_by_test_and_probe_and_flags_regressions():
     assert "regressed (ratio:10x)" in lines[3]
 
 
-def test_table_is_sorted_worst_first_and_quiet_mode_lists_only_problems():
+def test_table_is_sorted_worst_first_quiet_keeps_compact_rows_and_very_quiet_lists_only_problems():
     records = [record("t::good", 0.99), record("t::bad", 0.1, verdict="vanishing"), record("t::nan", 0.5)]
     records[2].verdict = "non-finite"
     assert [r.test for r in worst_first(records)] == ["t::nan", "t::bad", "t::good"]
@@ -88,7 +91,10 @@ def test_table_is_sorted_worst_first_and_quiet_mode_lists_only_problems():
     assert [line.split()[0] for line in lines[3:]] == ["t::nan", "t::bad", "t::good"]
     assert "profile" in lines[1]
     quiet = render_table(records, width=200, verbosity=-1)
-    assert len(quiet) == 5 and "t::good" not in "\n".join(quiet)
+    assert quiet[1].split() == ["test", "probe", "seq_len", "ratio", "horizon", "verdict"]
+    assert [line.split()[0] for line in quiet[3:]] == ["t::nan", "t::bad", "t::good"]
+    very_quiet = render_table(records, width=200, verbosity=-2)
+    assert len(very_quiet) == 5 and "t::good" not in "\n".join(very_quiet)
 
 
 def test_narrow_terminal_drops_columns_and_colour_is_optional():
@@ -96,7 +102,9 @@ def test_narrow_terminal_drops_columns_and_colour_is_optional():
     narrow = render_table(records, width=60)
     assert narrow[1].split() == ["probe", "seq_len", "ratio", "horizon", "verdict"]
     assert narrow[3] == "tests/test_models.py::test_a_rather_long_test_name[param-1]"  # never cut
-    assert max(len(line) for line in narrow[4:]) <= 60
+    assert max(len(line) for line in narrow[4:-1]) <= 60
+    assert narrow[-1] == "(left out to fit 60 columns: rate, half-life, profile; -v shows every column)"
+    assert render_table(records, width=200)[-1].startswith("tests/test_models.py")  # nothing left out, no note
     assert "\x1b[" not in "\n".join(narrow)
     assert "\x1b[31mvanishing\x1b[0m" in "\n".join(render_table(records, width=200, color=True))
 
@@ -129,3 +137,24 @@ def test_corrupt_or_foreign_report_names_the_file_and_the_problem(tmp_path, cont
     path.write_text(content)
     with pytest.raises(ReportFormatError, match=f"{path}: {words}"):
         load_report(path)
+
+
+def test_a_metric_is_one_registry_entry_that_reaches_table_rules_comparison_and_messages(monkeypatch):
+    first = Metric("first", "first", lambda p: float(p.norms[0]), "first norm {:.3g}", units=("x",), in_summary=True)
+    monkeypatch.setitem(METRICS, "first", first)
+    old, new = record("t::a", 0.9), record("t::a", 0.5)
+    assert render_table([old], width=200)[1].split()[3:8] == ["ratio", "rate", "half-life", "horizon", "first"]
+    (row,) = compare([old], [new], [parse_fail_rule("first:100x")])
+    assert row.broken == [FailRule("first", 100.0, "x")]  # 0.9^10 -> 0.5^10 is 360x less
+    table = render_comparison([row], "b.json", width=300)
+    assert table[1].split()[-2:] == ["first", "status"] and "0.349 -> 0.000977  regressed" in table[3]
+    assert "first norm 0.000977" in failure_message("assert_x", "vanishing", new.profile, [], None, "try")
+
+
+def test_markdown_without_a_baseline_lists_every_probe_worst_first():
+    records = [record("t::good", 0.99), record("t::bad|x", 0.1, verdict="vanishing")]
+    lines = render_markdown(records)
+    assert lines[:3] == ["## Gradient health", "", "**2 probes: 1 vanishing, 1 ok**"]
+    table = lines[lines.index("### Probes") + 2 :]
+    assert table[0].startswith("| test | probe | seq_len | ratio |") and table[1].startswith("|---|")
+    assert table[2].startswith("| t::bad\\|x | m | 11 |") and "| vanishing |" in table[2]

@@ -1,44 +1,94 @@
-"""Compare a session's probes with a saved baseline, probe by probe, against the fail rules."""
+"""Compare a session's probes with a saved baseline, probe by probe, against the fail rules.
+
+A probe is compared only when it was measured the way its baseline was (`SETTINGS`); a baseline probe the run did
+not produce is "removed" when the run covered its test, "not run" when it did not (deselected, skipped, not reached).
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
+from pytest_gradhealth.metrics import METRICS
 from pytest_gradhealth.profile import GradientProfile
 from pytest_gradhealth.report.gate import FailRule
 from pytest_gradhealth.report.records import ProbeRecord
 
+# what must match between a probe and its baseline for their figures to be comparable; a field a profile does not
+# carry (an older or newer version's) is not compared
+SETTINGS = ("seq_len", "measure", "dtype", "batch_size", "seed", "mode", "inputs", "layer", "module", "warmup", "seeds")
+# statuses, in the order a report lists them; FAILING ones fail the gate
+STATUSES = ("regressed", "mismatch", "removed", "new", "not run", "ok")
+FAILING = ("regressed", "mismatch", "removed")
+
 
 def metric(profile: GradientProfile, name: str) -> float:
-    """The compared figures: ratio, half_life and horizon (at the default threshold, 0.01).
+    """The figure of `profile` that the gate compares for the metric `name` (see `metrics.METRICS`)."""
+    return METRICS[name].gated(profile)
 
-    A half-life longer than the probed sequence counts as seq_len: the profile cannot tell 700 steps from infinity,
-    and a rate moving from 1.001 to 0.999 is no regression."""
-    if name == "horizon":
-        return float(profile.horizon())
-    if name == "half_life":
-        return min(profile.half_life, float(profile.seq_len)) if not math.isnan(profile.half_life) else math.nan
-    return float(getattr(profile, name))
+
+@dataclass(frozen=True)
+class Scope:
+    """The tests a run covered, which tells a removed probe from one that did not run.
+
+    `full`: no -k/-m/deselection/`::` selection; `ran`: tests whose body ran; `collected`: tests collected;
+    `files`: the files they came from, None when unknown (a report without this record: every test counts as run).
+    """
+
+    full: bool = True
+    ran: Collection[str] = frozenset()
+    collected: Collection[str] = frozenset()
+    files: Collection[str] | None = None
+
+    def missing(self, test: str, exists: Callable[[str], bool]) -> str:
+        """The status of a baseline probe of `test` that this run did not produce; `exists(file)` says whether a
+        test file still exists."""
+        if test in self.ran:
+            return "removed"  # the test ran and no longer measures it
+        if test in self.collected or not self.full:
+            return "not run"  # skipped, deselected or not reached; or outside a partial run's selection
+        file = test.split("::")[0]
+        if self.files is None or file in self.files or not exists(file):
+            return "removed"  # its file was run and the test is gone, or the file itself is gone
+        return "not run"  # its file lies outside the paths this run was given
 
 
 @dataclass
 class Comparison:
-    """One probe matched by key: its old and new record, and the rules its change broke."""
+    """One probe matched by key: its old and new record, the rules its change broke, the settings that differ."""
 
     key: str
     old: ProbeRecord | None
     new: ProbeRecord | None
     broken: list[FailRule] = field(default_factory=list)
+    mismatch: list[str] = field(default_factory=list)  # "seq_len 100 -> 10"
+    absent: str = "removed"  # the status of a baseline probe this run did not produce
 
     @property
     def status(self) -> str:
         if self.old is None:
             return "new"
         if self.new is None:
-            return "removed"
+            return self.absent
+        if self.mismatch:
+            return "mismatch"
         return "regressed" if self.broken else "ok"
+
+    @property
+    def failed(self) -> bool:
+        return self.status in FAILING
+
+    @property
+    def reason(self) -> str:
+        """Why the probe fails the gate, in words; empty when it does not."""
+        if self.status == "regressed":
+            return ", ".join(map(str, self.broken))
+        if self.status == "mismatch":
+            return f"{', '.join(self.mismatch)}: measured differently, re-save the baseline"
+        if self.status == "removed":
+            return "in the baseline, no longer measured: re-save the baseline if that is intended"
+        return ""
 
     @property
     def log10_change(self) -> float:
@@ -51,20 +101,38 @@ class Comparison:
         return math.log10(new) - math.log10(old)
 
 
+def settings_mismatch(old: GradientProfile, new: GradientProfile) -> list[str]:
+    """The settings measured differently, as "name old -> new"."""
+    result = []
+    for name in SETTINGS:
+        a, b = getattr(old, name, None), getattr(new, name, None)
+        if a is not None and b is not None and a != b:
+            result.append(f"{name} {a} -> {b}")
+    return result
+
+
 def compare(
-    baseline: Sequence[ProbeRecord], current: Sequence[ProbeRecord], rules: Sequence[FailRule]
+    baseline: Sequence[ProbeRecord],
+    current: Sequence[ProbeRecord],
+    rules: Sequence[FailRule],
+    scope: Scope | None = None,
+    exists: Callable[[str], bool] = lambda file: True,
 ) -> list[Comparison]:
     """Match probes by key; a probe missing from the baseline is new (never a failure)."""
+    scope = scope or Scope()
     old = {r.key: r for r in baseline}
     new = {r.key: r for r in current}
     result = []
     for key in sorted(old.keys() | new.keys()):
         row = Comparison(key, old.get(key), new.get(key))
         if row.old is not None and row.new is not None:
+            row.mismatch = settings_mismatch(row.old.profile, row.new.profile)
             row.broken = [
                 rule
                 for rule in rules
                 if rule.regressed(metric(row.old.profile, rule.metric), metric(row.new.profile, rule.metric))
             ]
+        elif row.old is not None:
+            row.absent = scope.missing(row.old.test, exists)
         result.append(row)
     return result

@@ -1,4 +1,4 @@
-"""Fail rules for CI gating (`ratio:10x`, `half_life:20%`, `horizon:5`): parsed without torch or numpy."""
+"""Fail rules for CI gating (`ratio:10x`, `half_life:20%`, `horizon:5`), read from the metric registry."""
 
 from __future__ import annotations
 
@@ -7,14 +7,15 @@ import re
 from dataclasses import dataclass
 
 from pytest_gradhealth.errors import InvalidArgumentError
+from pytest_gradhealth.metrics import METRICS, UNITS, gated
 
-METRICS = ("ratio", "half_life", "horizon")
 _RULE = re.compile(r"^(?P<metric>[a-z_]+):(?P<amount>[0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)(?P<unit>x|%)?$")
 
 
 @dataclass(frozen=True)
 class FailRule:
-    """A regression threshold: the metric may not drop by more than `amount` (a factor, a percentage or steps)."""
+    """A regression threshold: the metric may not move the worse way by more than `amount` (a factor, a
+    percentage or an absolute amount)."""
 
     metric: str
     amount: float
@@ -24,34 +25,40 @@ class FailRule:
         return f"{self.metric}:{self.amount:g}{self.unit}"
 
     def regressed(self, old: float, new: float) -> bool:
-        """True when `new` fell further below `old` than the rule allows (a finite value turning NaN does too)."""
-        if math.isnan(old):
-            return False
-        if math.isnan(new):
-            return True
-        if self.unit == "x":
-            return new < old / self.amount
-        if self.unit == "%":
-            return new < old * (1 - self.amount / 100)
-        return new < old - self.amount
+        """True when `new` moved further the worse way than the rule allows (a finite value turning NaN does too)."""
+        return METRICS[self.metric].regressed(old, new, self.amount, self.unit)
+
+
+def describe(rule: FailRule) -> str:
+    """The rule in words: ratio:10x (ratio fell by more than a factor of 10)."""
+    direction = "fell" if METRICS[rule.metric].worse == "lower" else "rose"
+    return f"{rule} ({rule.metric} {direction} {UNITS[rule.unit].format(amount=rule.amount)})"
+
+
+def _read(text: str) -> FailRule | None:
+    """The rule `text` writes, unchecked; None when it is not of the form METRIC:AMOUNT[x|%]."""
+    match = _RULE.match(text.strip().lower())
+    return None if match is None else FailRule(match["metric"], float(match["amount"]), match["unit"] or "")
 
 
 def parse_fail_rule(text: str, option: str = "--gradhealth-compare-fail") -> FailRule:
     """Parse `metric:amount[x|%]`; the error names the `option` it came from and lists the accepted forms."""
-    forms = (
-        "ratio:10x (ratio fell by more than a factor of 10), half_life:20% (by more than 20%), "
-        "horizon:5 (by more than 5 steps)"
-    )
-    match = _RULE.match(text.strip().lower())
-    if not match or match["metric"] not in METRICS:
+    forms = ", ".join(describe(example) for m in gated() if (example := _read(m.example)))
+    rule = _read(text)
+    metric = METRICS.get(rule.metric) if rule else None
+    if rule is None or metric is None or not metric.units:
         raise InvalidArgumentError(f"{option}: cannot read {text!r}; expected METRIC:AMOUNT such as {forms}")
-    metric, amount, unit = match["metric"], float(match["amount"]), match["unit"] or ""
-    if metric == "ratio" and unit != "x":
+    amount, unit = rule.amount, rule.unit
+    if unit not in metric.units:
+        raise InvalidArgumentError(f"{option}: {text!r}: {metric.unit_note}")
+    if (
+        not math.isfinite(amount)
+        or (unit == "x" and amount <= 1)
+        or (unit == "%" and not 0 < amount < 100)
+        or amount <= 0
+    ):
         raise InvalidArgumentError(
-            f"{option}: {text!r}: ratios span orders of magnitude, give a factor such as ratio:10x"
+            f"{option}: {text!r}: a factor must be > 1, a percentage between 0 and 100 and an amount > 0, all "
+            f"finite; for example {forms}"
         )
-    if (unit == "x" and amount <= 1) or (unit == "%" and not 0 < amount < 100) or amount <= 0:
-        raise InvalidArgumentError(
-            f"{option}: {text!r}: a factor must be > 1, a percentage between 0 and 100, and a step count > 0"
-        )
-    return FailRule(metric, amount, unit)
+    return rule

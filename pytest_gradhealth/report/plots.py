@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pytest_gradhealth.checks import from_record
 from pytest_gradhealth.errors import GradHealthError, InvalidArgumentError
+from pytest_gradhealth.metrics import METRICS, number
 from pytest_gradhealth.report import PLOT_FORMATS
-from pytest_gradhealth.report.records import ProbeRecord, report_order
-from pytest_gradhealth.report.references import reference_key
-from pytest_gradhealth.report.text import number
+from pytest_gradhealth.report.records import ProbeRecord, reference_key, report_order
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -240,7 +240,8 @@ def _probe_title(records: Sequence[ProbeRecord]) -> str:
     for record in records:
         p = record.profile
         figures = (
-            f"step 0 gets {number(p.ratio)} of the last step's gradient, half-life {number(p.half_life)} steps"
+            f"step 0 gets {METRICS['ratio'].show(p)} of the last step's gradient, "
+            f"half-life {METRICS['half_life'].show(p)} steps"
             if np.isfinite(p.ratio)
             else "no ratio: the first or the last step's norm is zero, NaN or Inf"
         )
@@ -272,46 +273,15 @@ def _band(ax: Axes, p: GradientProfile, colour: str, i: int, what: str) -> None:
 
 
 def _bounds(ax: Axes, record: ProbeRecord, colour: str, i: int) -> None:
-    """The bounds of the assertion that checked the record, drawn relative to its last step's norm."""
-    thresholds = (record.check or {}).get("thresholds") or {}
+    """The bounds of the check that judged the record, drawn relative to its last step's norm."""
+    check = from_record(record.check)
     last = float(record.profile.norms[-1])
-    if not (np.isfinite(last) and last > 0):
+    if check is None or not (np.isfinite(last) and last > 0):
         return
-    style = {"color": colour, "lw": 1, "alpha": 0.9}
-    if "min_ratio" in thresholds:
-        bound = thresholds["min_ratio"]
-        ax.axhline(
-            bound * last,
-            ls=":",
-            gid=f"bound-min_ratio-{i}",
-            **style,
-            label=f"{record.check['assertion']}: step 0 must stay at or above {bound:.3g} × the last step",
-        )
-    if "max_ratio" in thresholds:
-        bound = thresholds["max_ratio"]
-        ax.axhline(
-            bound * last,
-            ls="-.",
-            gid=f"bound-max_ratio-{i}",
-            **style,
-            label=f"{record.check['assertion']}: no step may exceed {bound:.3g} × the last step",
-        )
-    if "threshold" in thresholds:
-        bound, steps = thresholds["threshold"], thresholds["min_steps"]
-        ax.axhline(
-            bound * last,
-            ls=":",
-            gid=f"bound-horizon-{i}",
-            **style,
-            label=f"{record.check['assertion']}: must stay at or above {bound:.3g} × the last step ...",
-        )
-        ax.axvline(
-            record.profile.seq_len - 1 - steps,
-            ls="--",
-            gid=f"bound-min_steps-{i}",
-            **style,
-            label=f"... from t = {record.profile.seq_len - 1 - steps} on ({steps} steps back)",
-        )
+    for bound in check.bounds(record.profile):
+        line = ax.axhline if bound.axis == "y" else ax.axvline
+        value = bound.value * last if bound.axis == "y" else bound.value
+        line(value, ls=bound.style, gid=f"bound-{bound.name}-{i}", color=colour, lw=1, alpha=0.9, label=bound.label)
 
 
 # -- the overview of a session -------------------------------------------------------------------------------
@@ -324,7 +294,7 @@ def overview_figure(records: Sequence[ProbeRecord], references: Sequence[ProbeRe
     ax.axhline(1.0, color="0.5", lw=0.8, ls=":")
     for i, record in enumerate(records):
         p = record.profile
-        label = f"{record.key}{_measure_note(p)}: {record.verdict}, ratio {number(p.ratio)}"
+        label = f"{record.key}{_measure_note(p)}: {record.verdict}, ratio {METRICS['ratio'].show(p)}"
         style = {"color": f"C{i % 10}", "ls": ("-", "--", "-.", ":")[i // 10 % 4], "lw": 1.8}
         _overview_line(ax, record, label, f"overview-{i}", style)
     dashes = dict(zip(dict.fromkeys(r.probe for r in references), ((0, (1, 1)), "--", "-."), strict=False))

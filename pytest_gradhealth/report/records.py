@@ -6,9 +6,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_gradhealth.assertions import VERDICTS, judge
 from pytest_gradhealth.errors import ReportFormatError
+from pytest_gradhealth.metrics import columns
 from pytest_gradhealth.profile import GradientProfile
+from pytest_gradhealth.verdicts import VERDICTS, judge
 
 
 @dataclass
@@ -27,12 +28,26 @@ class ProbeRecord:
         return f"{self.test} [{self.probe}]"
 
     @classmethod
-    def from_raw(cls, test: str, raw: Mapping[str, Any], min_ratio: float, max_ratio: float) -> ProbeRecord:
-        """From the plain data the plugin records on a test report; unjudged probes get the session's verdict."""
-        profile = GradientProfile.from_dict(raw["profile"])
+    def from_raw(
+        cls,
+        test: str,
+        raw: Mapping[str, Any],
+        min_ratio: float,
+        max_ratio: float,
+        profile: GradientProfile | None = None,
+    ) -> ProbeRecord:
+        """From the plain data the recorder makes (`profile`: the live profile it came from, when at hand);
+        unjudged probes get the session's verdict."""
+        profile = profile or GradientProfile.from_dict(raw["profile"])
         check = raw.get("check")
         verdict = check["verdict"] if check else judge(profile, min_ratio, max_ratio)
         return cls(test=test, probe=str(raw["probe"]), profile=profile, verdict=verdict, check=check)
+
+    def junit_properties(self) -> list[tuple[str, str]]:
+        """The probe's figures as short JUnit XML properties: gradhealth.<probe>.ratio = 0.0123, ..."""
+        figures = {"verdict": self.verdict, "seq_len": str(self.profile.seq_len)}
+        figures.update({m.name: m.show(self.profile) for m in columns()})
+        return [(f"gradhealth.{self.probe}.{name}", value) for name, value in figures.items()]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -69,3 +84,8 @@ def worst_first(records: list[ProbeRecord]) -> list[ProbeRecord]:
         return (VERDICTS.index(record.verdict), ratio if ratio == ratio else -1.0)
 
     return sorted(records, key=order)
+
+
+def reference_key(p: GradientProfile) -> tuple:
+    """What a reference shares with the probes it stands beside: sizes, seq_len and the probe's options."""
+    return (p.input_size, p.hidden_size, p.seq_len, p.batch_size, p.seed, p.dtype, p.device, p.measure, p.mode)

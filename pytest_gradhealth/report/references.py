@@ -1,25 +1,22 @@
-"""Reference models measured the same way as a session's probes, so a report shows where each model stands."""
+"""Reference models measured the same way as a session's probes, so a report shows where each model stands.
+
+This module probes (torch): the report pipeline imports it only when references are asked for; the renderers never.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from pytest_gradhealth import reference
-from pytest_gradhealth.assertions import judge
 from pytest_gradhealth.probing import ProbeOptions, measure_profile
-from pytest_gradhealth.profile import GradientProfile
-from pytest_gradhealth.report.records import ProbeRecord
+from pytest_gradhealth.report.records import ProbeRecord, reference_key
+from pytest_gradhealth.verdicts import judge
 
 REFERENCES = (
     ("tanh RNN", lambda i, h, seed: reference.rnn(i, h, seed=seed)),
     ("LSTM", lambda i, h, seed: reference.lstm(i, h, seed=seed)),
     ("LSTM forget_bias=2", lambda i, h, seed: reference.lstm(i, h, forget_bias=2.0, seed=seed)),
 )
-
-
-def reference_key(p: GradientProfile) -> tuple:
-    """What a reference shares with the probes it stands beside: sizes, seq_len and the probe's options."""
-    return (p.input_size, p.hidden_size, p.seq_len, p.batch_size, p.seed, p.dtype, p.device, p.measure, p.mode)
 
 
 def measure_references(records: Sequence[ProbeRecord], min_ratio: float, max_ratio: float) -> list[ProbeRecord]:

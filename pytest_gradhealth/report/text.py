@@ -10,22 +10,13 @@ from typing import Any
 
 from tabulate import tabulate
 
-from pytest_gradhealth.assertions import VERDICTS
-from pytest_gradhealth.report.baseline import Comparison
+from pytest_gradhealth.metrics import Metric, columns, gated, number
+from pytest_gradhealth.report.baseline import STATUSES, Comparison
 from pytest_gradhealth.report.records import ProbeRecord, worst_first
-from pytest_gradhealth.sparkline import sparkline
+from pytest_gradhealth.verdicts import VERDICTS, sparkline
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _COLOURS = {"ok": "32", "vanishing": "31", "exploding": "31", "non-finite": "31;1", "disconnected": "33"}
-
-
-def number(value: float, digits: int = 3) -> str:
-    """A short figure: 'inf', 'nan', or `digits` significant digits."""
-    if math.isnan(value):
-        return "nan"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return f"{value:.{digits}g}"
 
 
 def paint(text: str, verdict: str, color: bool) -> str:
@@ -41,39 +32,40 @@ def summary_line(records: Sequence[ProbeRecord]) -> str:
 def render_table(
     records: Sequence[ProbeRecord], *, width: int = 120, verbosity: int = 0, color: bool = False
 ) -> list[str]:
-    """The report table, worst first. -q (verbosity < 0) lists only probes that are not ok; -v adds columns.
+    """The report table, worst first. -v adds columns; -q keeps the rows in a compact form (the columns that fit a
+    narrow terminal); -qq lists only the probes that are not ok.
 
     The first layout that fits `width` wins: one row per probe with its test id; the same without the sparkline;
-    then test ids on lines of their own above their probes, with fewer columns as the terminal narrows.
+    then test ids on lines of their own above their probes, with fewer columns as the terminal narrows. A line
+    after the table names the columns left out and how to see them.
     """
     lines = [summary_line(records)]
-    shown = [r for r in worst_first(list(records)) if verbosity >= 0 or r.verdict != "ok"]
+    shown = [r for r in worst_first(list(records)) if verbosity > -2 or r.verdict != "ok"]
     if not shown:
         return lines
-    headers = ["test", "probe", "seq_len", "ratio", "rate", "half-life", "horizon", "verdict", "profile"]
+    headers = ["test", "probe", "seq_len", *(m.label for m in columns()), "verdict", "profile"]
     if verbosity > 0:
         headers[2:2] = ["model", "measure", "dtype", "batch"]
     rows = []
     for record in shown:
         p = record.profile
         probe = record.probe if p.measure == "input" or verbosity > 0 else f"{record.probe} ({p.measure})"
-        row: list[Any] = [record.test, probe]
+        row: list[Any] = [printable(record.test), printable(probe)]
         if verbosity > 0:
             row += [p.model, p.measure, p.dtype, p.batch_size]
-        row += [p.seq_len, number(p.ratio), number(p.rate), number(p.half_life), p.horizon()]
+        row += [p.seq_len, *(m.show(p) for m in columns())]
         row += [paint(record.verdict, record.verdict, color), sparkline(p.norms, 24)]
         rows.append(dict(zip(headers, row, strict=True)))
-    layouts = [
-        (True, headers),
-        (True, headers[:-1]),
-        (False, headers[1:]),
-        (False, headers[1:-1]),
-        (False, [h for h in headers[1:-1] if h not in ("rate", "half-life")]),
-    ]
-    for with_test, columns in layouts:
-        table = _table(rows, columns, grouped=not with_test)
+    narrow = [h for h in headers[:-1] if h not in {m.label for m in columns() if not m.narrow}]
+    layouts = [(True, headers), (True, headers[:-1]), (False, headers[1:]), (False, headers[1:-1])]
+    layouts = [(True, narrow), (False, narrow[1:])] if verbosity < 0 else [*layouts, (False, narrow[1:])]
+    for with_test, shown_columns in layouts:
+        table = _table(rows, shown_columns, grouped=not with_test)
         if max(len(_ANSI.sub("", line)) for line in table) <= width or verbosity > 0:
             break
+    dropped = [h for h in headers if h not in shown_columns and h != "test"]
+    if dropped and verbosity == 0:
+        table.append(f"(left out to fit {width} columns: {', '.join(dropped)}; -v shows every column)")
     return [*lines, *table]
 
 
@@ -100,57 +92,82 @@ def render_references(references: Sequence[ProbeRecord], *, width: int = 120) ->
     for record in references:
         p = record.profile
         rows.append(
-            [
-                f"{p.input_size}->{p.hidden_size}",
-                p.seq_len,
-                record.probe,
-                number(p.ratio),
-                number(p.rate),
-                number(p.half_life),
-                p.horizon(),
-                record.verdict,
-            ]
+            [f"{p.input_size}->{p.hidden_size}", p.seq_len, printable(record.probe)]
+            + [*(m.show(p) for m in columns()), record.verdict]
             + ([sparkline(p.norms, 24)] if width >= 100 else [])
         )
-    headers = ["input->hidden", "seq_len", "reference", "ratio", "rate", "half-life", "horizon", "verdict"]
+    headers = ["input->hidden", "seq_len", "reference", *(m.label for m in columns()), "verdict"]
     headers += ["profile"] if width >= 100 else []
     table = tabulate(rows, headers, tablefmt="simple", disable_numparse=True)
     return ["reference models (same sizes, measured the same way):", *table.splitlines()]
 
 
 def render_comparison(rows: Sequence[Comparison], baseline: str, *, width: int = 120, color: bool = False) -> list[str]:
-    """Old against new, probe by probe: ratio, change in log10 ratio, half-life, horizon, and the status.
-
-    When the table is wider than `width`, each probe's key goes on a line of its own above its figures."""
+    """Old against new, probe by probe: each gated metric (a log-scale one as old, new and the change in log10), and
+    the status, failures first. When the table is wider than `width`, each probe's key goes on a line of its own."""
     counts = Counter(row.status for row in rows)
-    lines = [f"gradhealth baseline {baseline}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))]
-    order = {"regressed": 0, "removed": 1, "new": 2, "ok": 3}
-    headers = ["probe", "old ratio", "new ratio", "Δlog10", "half-life", "horizon", "status"]
+    lines = [f"gradhealth baseline {printable(baseline)}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))]
+    headers = ["probe"]
+    for m in gated():
+        headers += [f"old {m.label}", f"new {m.label}", "Δlog10"] if m.log_scale else [m.label]
+    headers.append("status")
     table = []
-    for row in sorted(rows, key=lambda r: (order[r.status], r.key)):
-        old = row.old.profile if row.old else None
-        new = row.new.profile if row.new else None
-        status = row.status + (f" ({', '.join(map(str, row.broken))})" if row.broken else "")
-        cells = [
-            row.key,
-            number(old.ratio) if old else "-",
-            number(new.ratio) if new else "-",
-            f"{row.log10_change:+.2f}" if math.isfinite(row.log10_change) else number(row.log10_change),
-            f"{number(old.half_life)} -> {number(new.half_life)}" if old and new else "-",
-            f"{old.horizon()} -> {new.horizon()}" if old and new else "-",
-            paint(status, "vanishing" if row.broken else "ok", color),
-        ]
-        table.append({"test": row.key, **dict(zip(headers, cells, strict=True))})
+    for row in sorted(rows, key=lambda r: (STATUSES.index(r.status), r.key)):
+        cells = [printable(row.key)]
+        for m in gated():
+            cells += _change(m, row)
+        cells.append(paint(status_text(row), "vanishing" if row.failed else "ok", color))
+        table.append({"test": cells[0], **dict(zip(headers, cells, strict=True))})
     flat = _table(table, headers, grouped=False)
     if max(len(_ANSI.sub("", line)) for line in flat) <= width:
         return [*lines, *flat]
     return [*lines, *_table(table, headers[1:], grouped=True)]
 
 
-def regression_line(rows: Sequence[Comparison]) -> str | None:
-    """The line that says how many probes regressed past which rules, or None when none did."""
-    broken = [row for row in rows if row.broken]
-    if not broken:
-        return None
-    rules = ", ".join(sorted({str(rule) for row in broken for rule in row.broken}))
-    return f"gradhealth: {len(broken)} probe(s) regressed past {rules}"
+def _change(m: Metric, row: Comparison) -> list[str]:
+    """The cells of metric `m` in a comparison row: old, new and Δlog10 for a log-scale metric, else old -> new."""
+    old = m.show(row.old.profile) if row.old else "-"
+    new = m.show(row.new.profile) if row.new else "-"
+    if not m.log_scale:
+        return [f"{old} -> {new}" if row.old and row.new else "-"]
+    change = row.log10_change
+    return [old, new, f"{change:+.2f}" if math.isfinite(change) else number(change)]
+
+
+def status_text(row: Comparison) -> str:
+    """The status of a compared probe with what broke: regressed (ratio:10x), mismatch (seq_len 100 -> 10: ...)."""
+    if row.status == "regressed":
+        return f"regressed ({', '.join(map(str, row.broken))})"
+    if row.status == "mismatch":
+        return f"mismatch ({', '.join(row.mismatch)}: re-save the baseline)"
+    return row.status
+
+
+def gate_lines(rows: Sequence[Comparison]) -> list[str]:
+    """One line per kind of gate failure (regressed past which rules, measured differently, removed); none when
+    the gate passes."""
+    lines = []
+    broken = [row for row in rows if row.status == "regressed"]
+    if broken:
+        rules = ", ".join(sorted({str(rule) for row in broken for rule in row.broken}))
+        lines.append(f"gradhealth: {len(broken)} probe(s) regressed past {rules}")
+    mismatched = [row for row in rows if row.status == "mismatch"]
+    if mismatched:
+        what = "; ".join(sorted({", ".join(row.mismatch) for row in mismatched}))
+        lines.append(
+            f"gradhealth: {len(mismatched)} probe(s) measured with other settings than the baseline ({what}): "
+            "re-save the baseline"
+        )
+    removed = [row for row in rows if row.status == "removed"]
+    if removed:
+        lines.append(
+            f"gradhealth: {len(removed)} baseline probe(s) no longer measured by the tests that held them "
+            f"(removed: {printable(removed[0].key)}{', ...' if len(removed) > 1 else ''}): re-save the baseline"
+        )
+    return lines
+
+
+def printable(text: str) -> str:
+    """`text` with control characters (ANSI escapes, NUL, newlines) written as escapes: ids from a file or a test
+    name never drive the terminal."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
