@@ -45,6 +45,12 @@ def decode_floats(values: Any, what: str) -> np.ndarray:
     return np.asarray(one(values), dtype=np.float64)
 
 
+def _slope(x: np.ndarray, y: np.ndarray) -> float:
+    """The least-squares slope of y against x."""
+    x_c = x - x.mean()
+    return float((x_c * (y - y.mean())).sum() / (x_c * x_c).sum())
+
+
 @dataclass(eq=False)
 class GradientProfile:
     """How much gradient of a loss on the last output reaches each timestep.
@@ -78,6 +84,7 @@ class GradientProfile:
     subnormal_steps: np.ndarray | None = None  # timesteps where some gradient entry is subnormal in `dtype`
     zeros: str | None = None  # why some steps get exactly zero: "underflow", or "structural" (no path reaches them)
     advice: str | None = None  # what to change when the gradient vanishes, from the modules the model contains
+    warmup: int = 0  # steps the model ran before the measured window (0 in profiles saved before it existed)
 
     def __post_init__(self) -> None:
         self.norms = np.asarray(self.norms, dtype=np.float64)
@@ -135,11 +142,32 @@ class GradientProfile:
         ok = np.isfinite(self.norms) & (self.norms > 0)
         if ok.sum() < 2:
             return math.nan
-        lag = self.lags[ok].astype(np.float64)
-        y = np.log(self.norms[ok])
-        lag_c = lag - lag.mean()
-        slope = float((lag_c * (y - y.mean())).sum() / (lag_c * lag_c).sum())
+        slope = _slope(self.lags[ok].astype(np.float64), np.log(self.norms[ok]))
         return math.exp(slope) if slope < _MAX_LOG else math.inf
+
+    @property
+    def lyapunov(self) -> float:
+        """Per-step log factor of the stationary backward dynamics (negative: vanishing): the least-squares slope,
+        against the lag, of the batch mean of ln(sample norm), over the lags from seq_len // 4 on.
+
+        The first quarter of lags is left out: there the backward signal turns from the loss's direction onto the
+        dynamics' leading one. Without a warm-up the last quarter is left out too, where the start from a zero state
+        bends the profile; probe with `warmup=` for the stationary figure. A mean of logs, not the log of the RMS,
+        so it estimates the largest Lyapunov exponent of the backward Jacobian products, not a moment of them.
+        NaN with fewer than two steps where every sample's norm is finite and positive.
+        """
+        lags = self.lags
+        n = self.seq_len
+        part = (lags >= n // 4) & ((lags <= n - 1 - n // 4) if self.warmup == 0 else True)
+        samples = self.sample_norms
+        measured = ~np.isnan(samples)  # NaN: a padded sample that does not reach this lag
+        usable = part & measured.any(axis=0) & np.all(~measured | (np.isfinite(samples) & (samples > 0)), axis=0)
+        if usable.sum() < 2:
+            return math.nan
+        with np.errstate(divide="ignore"):
+            logs = np.log(samples[:, usable])
+        mean_log = np.nanmean(logs, axis=0)
+        return _slope(lags[usable].astype(np.float64), mean_log)
 
     @property
     def half_life(self) -> float:
@@ -204,6 +232,7 @@ class GradientProfile:
             "subnormal_steps": None if self.subnormal_steps is None else [int(s) for s in self.subnormal_steps],
             "zeros": self.zeros,
             "advice": self.advice,
+            "warmup": int(self.warmup),
         }
         return data
 
@@ -256,6 +285,7 @@ class GradientProfile:
             else np.asarray(data["subnormal_steps"], dtype=np.int64),
             zeros=data.get("zeros"),
             advice=data.get("advice"),
+            warmup=int(data.get("warmup", 0)),
         )
 
     def __repr__(self) -> str:

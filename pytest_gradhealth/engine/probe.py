@@ -75,6 +75,7 @@ def probe(
     lengths: Sequence[int] | torch.Tensor | None = None,
     layout: str | None = None,
     forward: ForwardFn | None = None,
+    warmup: int = 0,
 ) -> GradientProfile:
     """Run one BPTT pass and measure the gradient norm that a loss on the last output sends to each timestep.
 
@@ -91,6 +92,8 @@ def probe(
     at the outputs of a `cell=` called once per step; `contributions=True` adds each step's share of the recurrent
     weights' gradient. `checkpoints=K` measures K evenly spaced steps. `lengths=` (or a PackedSequence input) marks
     a padded batch: the loss is on each sample's last real step and norms are aligned by the lag from it.
+    `warmup=K` runs K steps before the measured window (inputs, drawn or given, cover K + seq_len steps; the states
+    carry over), so the profile reads the stationary backward dynamics instead of the start from a zero state.
     """
     # Every keyword above is a ProbeOptions field of the same name; with no layout given, the model's own is used.
     given = {name: value for name, value in locals().items() if name not in ("model", "seq_len")}
@@ -245,6 +248,7 @@ def _measure(model: Any, options: ProbeOptions, facts: ModelFacts) -> GradientPr
         subnormal_steps=None if result.subnormal is None else options.steps[result.subnormal],
         zeros=_zeros(norms, result.subnormal, facts.dtype),
         advice=kinds.advice_for(model),
+        warmup=options.warmup,
     )
 
 

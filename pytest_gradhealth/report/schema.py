@@ -117,6 +117,7 @@ PROFILE: dict[str, Validator] = {
     "input_size": integer(1, MAX_INT, optional=True),
     "hidden_size": integer(1, MAX_INT, optional=True),
     "versions": mapping(text, optional=True),
+    "warmup": integer(0, MAX_INT, optional=True),
 }
 
 
