@@ -66,6 +66,7 @@ SETTINGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "seed": ("an integer", _integer(None)),
     "device": ("'cpu', 'cuda' or 'cuda:N'", _device),
     "dtype": ("one of float16, bfloat16, float32, float64", _choice("float16", "bfloat16", "float32", "float64")),
+    "warmup": ("an integer >= 0", _integer(0)),
 }
 
 # probe options a marker may set besides the settings
@@ -85,6 +86,7 @@ HELP = {
     "seed": "seed of the probe's inputs and projection (default 0)",
     "device": "device to probe on: cpu, cuda, cuda:N (default: the model's)",
     "dtype": "dtype to probe in, e.g. float64 (default: the model's)",
+    "warmup": "steps run before the measured window, so probes read the stationary decay (default 0)",
 }
 
 
@@ -115,6 +117,7 @@ class Settings:
     seed: int = 0
     device: str | None = None
     dtype: str | None = None
+    warmup: int = 0
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -138,4 +141,6 @@ class Settings:
             options["device"] = self.device
         if self.dtype is not None:
             options["dtype"] = self.dtype
+        if self.warmup:
+            options["warmup"] = self.warmup
         return options
