@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from pytest_gradhealth.errors import InvalidArgumentError, ReportFormatError
+from pytest_gradhealth.intervals import Interval, median_interval
 
 SCHEMA_VERSION = 1
 _MAX_LOG = math.log(sys.float_info.max)
@@ -85,6 +86,9 @@ class GradientProfile:
     zeros: str | None = None  # why some steps get exactly zero: "underflow", or "structural" (no path reaches them)
     advice: str | None = None  # what to change when the gradient vanishes, from the modules the model contains
     warmup: int = 0  # steps the model ran before the measured window (0 in profiles saved before it existed)
+    # seeds=N: the N draws' own profiles; this one pools their samples, and its metrics are medians over them
+    seeds: int | None = None
+    seed_profiles: list[GradientProfile] | None = None
 
     def __post_init__(self) -> None:
         self.norms = np.asarray(self.norms, dtype=np.float64)
@@ -124,12 +128,30 @@ class GradientProfile:
         """True when every measured norm is a finite number."""
         return bool(np.isfinite(self.norms).all())
 
+    def _median(self, metric: Callable[[GradientProfile], float]) -> float | None:
+        """The median of `metric` over the per-seed profiles, None for a single draw."""
+        if not self.seed_profiles:
+            return None
+        return float(np.median([metric(p) for p in self.seed_profiles]))
+
+    def interval(self, metric: str, level: float = 0.95) -> Interval:
+        """A confidence interval for the median of `metric` (a name in `metrics.METRICS`, e.g. "rate") over the
+        seeds (see `intervals.median_interval`); a single draw gives the degenerate interval of its one value."""
+        from pytest_gradhealth.metrics import METRICS
+
+        if metric not in METRICS:
+            raise InvalidArgumentError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+        profiles = self.seed_profiles or [self]
+        return median_interval([METRICS[metric].value(p) for p in profiles], level)
+
     @property
     def ratio(self) -> float:
         """norms[0] / norms[-1]: the share of the latest step's gradient that reaches the earliest step.
 
-        NaN when either end is not finite: a non-finite gradient is never shown as a ratio.
+        NaN when either end is not finite: a non-finite gradient is never shown as a ratio. With seeds, the median.
         """
+        if (median := self._median(lambda p: p.ratio)) is not None:
+            return median
         first, last = float(self.norms[0]), float(self.norms[-1])
         if not (math.isfinite(first) and math.isfinite(last)) or last == 0.0:
             return math.nan
@@ -138,7 +160,9 @@ class GradientProfile:
     @property
     def rate(self) -> float:
         """Per-step factor: exp of the least-squares slope of ln(norm) against the lag, over the finite positive
-        norms. Exactly `a` for h_t = a*h_{t-1} + x_t; NaN with fewer than two usable points."""
+        norms. Exactly `a` for h_t = a*h_{t-1} + x_t; NaN with fewer than two usable points. With seeds, the median."""
+        if (median := self._median(lambda p: p.rate)) is not None:
+            return median
         ok = np.isfinite(self.norms) & (self.norms > 0)
         if ok.sum() < 2:
             return math.nan
@@ -154,8 +178,10 @@ class GradientProfile:
         dynamics' leading one. Without a warm-up the last quarter is left out too, where the start from a zero state
         bends the profile; probe with `warmup=` for the stationary figure. A mean of logs, not the log of the RMS,
         so it estimates the largest Lyapunov exponent of the backward Jacobian products, not a moment of them.
-        NaN with fewer than two steps where every sample's norm is finite and positive.
+        NaN with fewer than two steps where every sample's norm is finite and positive. With seeds, the median.
         """
+        if (median := self._median(lambda p: p.lyapunov)) is not None:
+            return median
         lags = self.lags
         n = self.seq_len
         part = (lags >= n // 4) & ((lags <= n - 1 - n // 4) if self.warmup == 0 else True)
@@ -171,7 +197,10 @@ class GradientProfile:
 
     @property
     def half_life(self) -> float:
-        """Steps for the gradient to halve at `rate`: ln 2 / -ln(rate); infinite when rate >= 1."""
+        """Steps for the gradient to halve at `rate`: ln 2 / -ln(rate); infinite when rate >= 1. With seeds, the
+        median."""
+        if (median := self._median(lambda p: p.half_life)) is not None:
+            return median
         rate = self.rate
         if math.isnan(rate):
             return math.nan
@@ -184,10 +213,13 @@ class GradientProfile:
     def horizon(self, threshold: float = 0.01) -> int:
         """How many steps back the gradient stays at or above threshold * norms[-1].
 
-        seq_len - 1 when it never falls below. A NaN norm counts as falling below.
+        seq_len - 1 when it never falls below. A NaN norm counts as falling below. With seeds, the median
+        (rounded down).
         """
         if not (isinstance(threshold, (int, float)) and 0 < threshold and math.isfinite(threshold)):
             raise InvalidArgumentError(f"threshold must be a positive finite number, got {threshold!r}")
+        if (median := self._median(lambda p: p.horizon(threshold))) is not None:
+            return int(median)
         bound = threshold * float(self.norms[-1])
         lags = self.lags
         for i in range(len(self.norms) - 1, -1, -1):
@@ -233,6 +265,8 @@ class GradientProfile:
             "zeros": self.zeros,
             "advice": self.advice,
             "warmup": int(self.warmup),
+            "seeds": self.seeds,
+            "seed_profiles": None if self.seed_profiles is None else [p.to_dict() for p in self.seed_profiles],
         }
         return data
 
@@ -286,6 +320,10 @@ class GradientProfile:
             zeros=data.get("zeros"),
             advice=data.get("advice"),
             warmup=int(data.get("warmup", 0)),
+            seeds=data.get("seeds"),
+            seed_profiles=None
+            if data.get("seed_profiles") is None
+            else [cls.from_dict(p) for p in data["seed_profiles"]],
         )
 
     def __repr__(self) -> str:

@@ -62,6 +62,7 @@ class ProbeOptions:
     layout: str | None = None
     forward: ForwardFn | None = None
     warmup: int = 0
+    seeds: int | None = None  # None: one draw; N: N draws from seeds seed .. seed+N-1
 
     def __post_init__(self) -> None:
         check_int("seq_len", self.seq_len, minimum=2, fix="the probe needs at least two timesteps to compare")
@@ -76,8 +77,11 @@ class ProbeOptions:
         if self.batch_size is not None:
             check_int("batch_size", self.batch_size, minimum=1)
         check_int("seed", self.seed, minimum=-(2**63))
-        if self.seed > 2**64 - 1:
-            raise InvalidArgumentError(f"seed must be < 2**64 (a torch generator's seed), got {self.seed}")
+        if self.seeds is not None:
+            check_int("seeds", self.seeds, minimum=1, fix="the number of independent draws")
+        last_seed = self.seed + (self.seeds or 1) - 1
+        if last_seed > 2**64 - 1:
+            raise InvalidArgumentError(f"seed + seeds - 1 must be < 2**64 (a torch generator's seed), got {last_seed}")
         if self.vocab_size is not None:
             check_int("vocab_size", self.vocab_size, minimum=1)
         self._resolve_layout()
