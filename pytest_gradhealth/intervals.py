@@ -63,3 +63,24 @@ def median_interval(values: Sequence[float] | np.ndarray, level: float = 0.95) -
             break
         j, coverage = k, 1.0 - 2.0 * below[k - 1]
     return Interval(float(x[j - 1]), float(x[n - j]), float(np.median(x)), n, float(level), float(coverage))
+
+
+def separation_chance(n: int, m: int) -> float:
+    """The chance, when two sets of n and m draws come from one distribution, that every value of the one lies
+    below every value of the other: 1 / C(n + m, n), whatever the distribution (every order is equally likely)."""
+    return 1.0 / math.comb(n + m, n)
+
+
+def significantly_worse(
+    old: Sequence[float], new: Sequence[float], worse: str, min_effect: float, alpha: float
+) -> bool:
+    """True when the per-seed values `new` are worse than `old` beyond what the seed spread explains and by more
+    than `min_effect`: every new value lies beyond every old one in the `worse` direction ("lower" or "higher"),
+    an ordering that one distribution gives with chance `separation_chance(n, m)` <= `alpha`, and the medians
+    differ by more than `min_effect`. NaN values never count as a regression (the plain rules judge those)."""
+    a, b = np.asarray(old, dtype=np.float64), np.asarray(new, dtype=np.float64)
+    if np.isnan(a).any() or np.isnan(b).any() or separation_chance(len(a), len(b)) > alpha:
+        return False
+    if worse == "higher":
+        a, b = -a, -b
+    return bool(b.max() < a.min() and np.median(a) - np.median(b) > min_effect)
