@@ -47,6 +47,7 @@ SETTING_FLAGS = {
     "min_ratio": "R",
     "max_ratio": "R",
     "warmup": "K",
+    "seeds": "N",
 }
 OPTION_FLAGS = {  # probe options, parsed as the gradhealth marker parses them: flag -> (metavar, help)
     "measure": (

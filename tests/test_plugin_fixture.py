@@ -200,9 +200,10 @@ def test_warmup_from_ini_option_and_marker_reaches_the_probes(suite):
         def test_option(gradhealth):
             assert gradhealth.probe(GOOD_LSTM, seq_len=10).warmup == 7
 
-        @pytest.mark.gradhealth(warmup=0)
-        def test_marker_turns_it_off(gradhealth):
-            assert gradhealth.probe(GOOD_LSTM, seq_len=10).warmup == 0
+        @pytest.mark.gradhealth(warmup=0, seeds=3)
+        def test_marker_turns_it_off_and_asks_for_seeds(gradhealth):
+            profile = gradhealth.probe(GOOD_LSTM, seq_len=10)
+            assert (profile.warmup, profile.seeds, len(profile.seed_profiles)) == (0, 3, 3)
 
         def test_explicit(gradhealth):
             assert gradhealth.probe(GOOD_LSTM, seq_len=10, warmup=3).warmup == 3
