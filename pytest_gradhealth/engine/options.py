@@ -77,11 +77,14 @@ class ProbeOptions:
         if self.batch_size is not None:
             check_int("batch_size", self.batch_size, minimum=1)
         check_int("seed", self.seed, minimum=-(2**63))
+        if self.seed > 2**64 - 1:
+            raise InvalidArgumentError(f"seed must be < 2**64 (a torch generator's seed), got {self.seed}")
         if self.seeds is not None:
             check_int("seeds", self.seeds, minimum=1, fix="the number of independent draws")
-        last_seed = self.seed + (self.seeds or 1) - 1
-        if last_seed > 2**64 - 1:
-            raise InvalidArgumentError(f"seed + seeds - 1 must be < 2**64 (a torch generator's seed), got {last_seed}")
+            if self.seed + self.seeds - 1 > 2**64 - 1:
+                raise InvalidArgumentError(
+                    f"seed + seeds - 1 must be < 2**64 (a torch generator's seed), got {self.seed + self.seeds - 1}"
+                )
         if self.vocab_size is not None:
             check_int("vocab_size", self.vocab_size, minimum=1)
         self._resolve_layout()

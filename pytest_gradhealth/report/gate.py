@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pytest_gradhealth.errors import InvalidArgumentError
-from pytest_gradhealth.intervals import significantly_worse
 from pytest_gradhealth.metrics import METRICS, UNITS, gated
 
 if TYPE_CHECKING:
@@ -61,6 +60,8 @@ class SignificantRule(FailRule):
         return SIGNIFICANT
 
     def broken_by(self, old: GradientProfile, new: GradientProfile) -> bool:
+        from pytest_gradhealth.intervals import significantly_worse  # numpy: never on the plugin's import path
+
         metric = METRICS[self.metric]
         per_seed = [[metric.gated(p) for p in profile.seed_profiles or [profile]] for profile in (old, new)]
         return significantly_worse(*per_seed, metric.worse, self.amount, self.alpha)
