@@ -7,28 +7,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from test_probe_math import ScalarLinearRecurrence
 from torch import nn
 
 from pytest_gradhealth import GradHealthError, probe, reference
 from pytest_gradhealth.profile import GradientProfile
 
 REL = 1e-9
-
-
-class ScalarLinearRecurrence(nn.Module):
-    """h_t = a*h_{t-1} + x_t, output h."""
-
-    def __init__(self, a: float) -> None:
-        super().__init__()
-        self.a = a
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.zeros_like(x[:, 0])
-        outputs = []
-        for t in range(x.shape[1]):
-            h = self.a * h + x[:, t]
-            outputs.append(h)
-        return torch.stack(outputs, 1)
 
 
 @pytest.mark.parametrize("warmup", [0, 1, 50])
