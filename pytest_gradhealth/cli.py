@@ -46,6 +46,8 @@ SETTING_FLAGS = {
     "device": "DEVICE",
     "min_ratio": "R",
     "max_ratio": "R",
+    "warmup": "K",
+    "seeds": "N",
 }
 OPTION_FLAGS = {  # probe options, parsed as the gradhealth marker parses them: flag -> (metavar, help)
     "measure": (

@@ -132,6 +132,16 @@ METRICS: dict[str, Metric] = {
             in_summary=True,
             integer=True,
         ),
+        Metric(
+            "lyapunov",
+            "lyapunov",
+            lambda p: p.lyapunov,
+            "Lyapunov exponent {:.4g} per step",
+            units=("",),
+            example="lyapunov:0.005",
+            unit_note="an exponent is a log factor per step, give the change allowed in it such as lyapunov:0.005",
+            column=False,  # not yet a table column: the table's layout is pinned by the report's tests
+        ),
         Metric("peak_ratio", "peak", peak_ratio, "largest norm / last step's = {:.3g}", worse="higher", column=False),
     )
 }

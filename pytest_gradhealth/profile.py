@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from pytest_gradhealth.errors import InvalidArgumentError, ReportFormatError
+from pytest_gradhealth.intervals import Interval, median_interval
 
 SCHEMA_VERSION = 1
 _MAX_LOG = math.log(sys.float_info.max)
@@ -43,6 +44,12 @@ def decode_floats(values: Any, what: str) -> np.ndarray:
         raise ReportFormatError(f"{what}: expected numbers (or 'NaN'/'Infinity'/'-Infinity'), got {x!r}")
 
     return np.asarray(one(values), dtype=np.float64)
+
+
+def _slope(x: np.ndarray, y: np.ndarray) -> float:
+    """The least-squares slope of y against x."""
+    x_c = x - x.mean()
+    return float((x_c * (y - y.mean())).sum() / (x_c * x_c).sum())
 
 
 @dataclass(eq=False)
@@ -78,6 +85,10 @@ class GradientProfile:
     subnormal_steps: np.ndarray | None = None  # timesteps where some gradient entry is subnormal in `dtype`
     zeros: str | None = None  # why some steps get exactly zero: "underflow", or "structural" (no path reaches them)
     advice: str | None = None  # what to change when the gradient vanishes, from the modules the model contains
+    warmup: int = 0  # steps the model ran before the measured window (0 in profiles saved before it existed)
+    # seeds=N: the N draws' own profiles; this one pools their samples, and its metrics are medians over them
+    seeds: int | None = None
+    seed_profiles: list[GradientProfile] | None = None
 
     def __post_init__(self) -> None:
         self.norms = np.asarray(self.norms, dtype=np.float64)
@@ -117,12 +128,30 @@ class GradientProfile:
         """True when every measured norm is a finite number."""
         return bool(np.isfinite(self.norms).all())
 
+    def _median(self, metric: Callable[[GradientProfile], float]) -> float | None:
+        """The median of `metric` over the per-seed profiles, None for a single draw."""
+        if not self.seed_profiles:
+            return None
+        return float(np.median([metric(p) for p in self.seed_profiles]))
+
+    def interval(self, metric: str, level: float = 0.95) -> Interval:
+        """A confidence interval for the median of `metric` (a name in `metrics.METRICS`, e.g. "rate") over the
+        seeds (see `intervals.median_interval`); a single draw gives the degenerate interval of its one value."""
+        from pytest_gradhealth.metrics import METRICS
+
+        if metric not in METRICS:
+            raise InvalidArgumentError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+        profiles = self.seed_profiles or [self]
+        return median_interval([METRICS[metric].value(p) for p in profiles], level)
+
     @property
     def ratio(self) -> float:
         """norms[0] / norms[-1]: the share of the latest step's gradient that reaches the earliest step.
 
-        NaN when either end is not finite: a non-finite gradient is never shown as a ratio.
+        NaN when either end is not finite: a non-finite gradient is never shown as a ratio. With seeds, the median.
         """
+        if (median := self._median(lambda p: p.ratio)) is not None:
+            return median
         first, last = float(self.norms[0]), float(self.norms[-1])
         if not (math.isfinite(first) and math.isfinite(last)) or last == 0.0:
             return math.nan
@@ -131,19 +160,47 @@ class GradientProfile:
     @property
     def rate(self) -> float:
         """Per-step factor: exp of the least-squares slope of ln(norm) against the lag, over the finite positive
-        norms. Exactly `a` for h_t = a*h_{t-1} + x_t; NaN with fewer than two usable points."""
+        norms. Exactly `a` for h_t = a*h_{t-1} + x_t; NaN with fewer than two usable points. With seeds, the median."""
+        if (median := self._median(lambda p: p.rate)) is not None:
+            return median
         ok = np.isfinite(self.norms) & (self.norms > 0)
         if ok.sum() < 2:
             return math.nan
-        lag = self.lags[ok].astype(np.float64)
-        y = np.log(self.norms[ok])
-        lag_c = lag - lag.mean()
-        slope = float((lag_c * (y - y.mean())).sum() / (lag_c * lag_c).sum())
+        slope = _slope(self.lags[ok].astype(np.float64), np.log(self.norms[ok]))
         return math.exp(slope) if slope < _MAX_LOG else math.inf
 
     @property
+    def lyapunov(self) -> float:
+        """Per-step log factor of the stationary backward dynamics (negative: vanishing): the least-squares slope,
+        against the lag, of the batch mean of ln(sample norm), over the lags from seq_len // 4 on.
+
+        The first quarter of lags is left out: there the backward signal turns from the loss's direction onto the
+        dynamics' leading one. Without a warm-up the last quarter is left out too, where the start from a zero state
+        bends the profile; probe with `warmup=` for the stationary figure. A mean of logs, not the log of the RMS,
+        so it estimates the largest Lyapunov exponent of the backward Jacobian products, not a moment of them.
+        NaN with fewer than two steps where every sample's norm is finite and positive. With seeds, the median.
+        """
+        if (median := self._median(lambda p: p.lyapunov)) is not None:
+            return median
+        lags = self.lags
+        n = self.seq_len
+        part = (lags >= n // 4) & ((lags <= n - 1 - n // 4) if self.warmup == 0 else True)
+        samples = self.sample_norms
+        measured = ~np.isnan(samples)  # NaN: a padded sample that does not reach this lag
+        usable = part & measured.any(axis=0) & np.all(~measured | (np.isfinite(samples) & (samples > 0)), axis=0)
+        if usable.sum() < 2:
+            return math.nan
+        with np.errstate(divide="ignore"):
+            logs = np.log(samples[:, usable])
+        mean_log = np.nanmean(logs, axis=0)
+        return _slope(lags[usable].astype(np.float64), mean_log)
+
+    @property
     def half_life(self) -> float:
-        """Steps for the gradient to halve at `rate`: ln 2 / -ln(rate); infinite when rate >= 1."""
+        """Steps for the gradient to halve at `rate`: ln 2 / -ln(rate); infinite when rate >= 1. With seeds, the
+        median."""
+        if (median := self._median(lambda p: p.half_life)) is not None:
+            return median
         rate = self.rate
         if math.isnan(rate):
             return math.nan
@@ -156,10 +213,13 @@ class GradientProfile:
     def horizon(self, threshold: float = 0.01) -> int:
         """How many steps back the gradient stays at or above threshold * norms[-1].
 
-        seq_len - 1 when it never falls below. A NaN norm counts as falling below.
+        seq_len - 1 when it never falls below. A NaN norm counts as falling below. With seeds, the median
+        (rounded down).
         """
         if not (isinstance(threshold, (int, float)) and 0 < threshold and math.isfinite(threshold)):
             raise InvalidArgumentError(f"threshold must be a positive finite number, got {threshold!r}")
+        if (median := self._median(lambda p: p.horizon(threshold))) is not None:
+            return int(median)
         bound = threshold * float(self.norms[-1])
         lags = self.lags
         for i in range(len(self.norms) - 1, -1, -1):
@@ -204,6 +264,9 @@ class GradientProfile:
             "subnormal_steps": None if self.subnormal_steps is None else [int(s) for s in self.subnormal_steps],
             "zeros": self.zeros,
             "advice": self.advice,
+            "warmup": int(self.warmup),
+            "seeds": self.seeds,
+            "seed_profiles": None if self.seed_profiles is None else [p.to_dict() for p in self.seed_profiles],
         }
         return data
 
@@ -256,6 +319,11 @@ class GradientProfile:
             else np.asarray(data["subnormal_steps"], dtype=np.int64),
             zeros=data.get("zeros"),
             advice=data.get("advice"),
+            warmup=int(data.get("warmup", 0)),
+            seeds=data.get("seeds"),
+            seed_profiles=None
+            if data.get("seed_profiles") is None
+            else [cls.from_dict(p) for p in data["seed_profiles"]],
         )
 
     def __repr__(self) -> str:

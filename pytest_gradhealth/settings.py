@@ -66,6 +66,8 @@ SETTINGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "seed": ("an integer", _integer(None)),
     "device": ("'cpu', 'cuda' or 'cuda:N'", _device),
     "dtype": ("one of float16, bfloat16, float32, float64", _choice("float16", "bfloat16", "float32", "float64")),
+    "warmup": ("an integer >= 0", _integer(0)),
+    "seeds": ("an integer >= 1", _integer(1)),
 }
 
 # probe options a marker may set besides the settings
@@ -85,6 +87,8 @@ HELP = {
     "seed": "seed of the probe's inputs and projection (default 0)",
     "device": "device to probe on: cpu, cuda, cuda:N (default: the model's)",
     "dtype": "dtype to probe in, e.g. float64 (default: the model's)",
+    "warmup": "steps run before the measured window, so probes read the stationary decay (default 0)",
+    "seeds": "independent draws per probe (inputs; fresh models from a factory); metrics are medians (default 1)",
 }
 
 
@@ -115,6 +119,8 @@ class Settings:
     seed: int = 0
     device: str | None = None
     dtype: str | None = None
+    warmup: int = 0
+    seeds: int | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -138,4 +144,8 @@ class Settings:
             options["device"] = self.device
         if self.dtype is not None:
             options["dtype"] = self.dtype
+        if self.warmup:
+            options["warmup"] = self.warmup
+        if self.seeds is not None:
+            options["seeds"] = self.seeds
         return options

@@ -233,3 +233,13 @@ def test_help_documents_the_exit_statuses(project):
         text = " ".join(gradhealth(command, "--help", cwd=project).stdout.split())
         assert "Exit status: 0 success; 1 a probe failed the thresholds (probe) or the gate failed" in text
         assert "2 bad arguments or input" in text
+
+
+def test_probe_warmup_flag_reaches_the_saved_profiles(project):
+    probed = gradhealth(
+        "probe", "models:small_rnn", "--seq-len", "10", "--warmup", "25", "--json", "r.json", cwd=project
+    )
+    assert probed.returncode == 1, probed.stderr
+    assert [r.profile.warmup for r in load_report(project / "r.json").records] == [25]
+    refused = gradhealth("probe", "models:small_rnn", "--seq-len", "10", "--warmup", "-3", cwd=project)
+    assert refused.returncode == 2 and "--warmup: must be an integer >= 0, got '-3'" in refused.stderr

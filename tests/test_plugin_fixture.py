@@ -183,3 +183,33 @@ def test_every_profile_measured_in_a_test_is_recorded_on_its_report(suite):
     assert all(isinstance(value, str) for value in properties.values())
     assert properties["gradhealth.lstm.verdict"] == "ok" and properties["gradhealth.ReferenceRNN#2.seq_len"] == "12"
     assert {"ratio", "rate", "half_life", "horizon"} <= {key.split(".")[-1] for key in properties}
+
+
+def test_warmup_from_ini_option_and_marker_reaches_the_probes(suite):
+    suite.makeini(
+        """
+        [pytest]
+        gradhealth_warmup = 5
+        """
+    )
+    suite.makepyfile(
+        test_warm="""
+        import pytest
+        from models import GOOD_LSTM
+
+        def test_option(gradhealth):
+            assert gradhealth.probe(GOOD_LSTM, seq_len=10).warmup == 7
+
+        @pytest.mark.gradhealth(warmup=0, seeds=3)
+        def test_marker_turns_it_off_and_asks_for_seeds(gradhealth):
+            profile = gradhealth.probe(GOOD_LSTM, seq_len=10)
+            assert (profile.warmup, profile.seeds, len(profile.seed_profiles)) == (0, 3, 3)
+
+        def test_explicit(gradhealth):
+            assert gradhealth.probe(GOOD_LSTM, seq_len=10, warmup=3).warmup == 3
+        """
+    )
+    suite.runpytest("--gradhealth-warmup=7").assert_outcomes(passed=3)
+    result = suite.runpytest("--gradhealth-warmup=-1")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*command line: warmup must be an integer >= 0, got '-1'*"])

@@ -134,9 +134,9 @@ def _state_arguments(model: Any, batch: int) -> list[Any]:
 
 def _other_layout(options: ProbeOptions, rows: int) -> str:
     """The layout to suggest when the output's rows are not the batch: time-major when they are the timesteps."""
-    if rows == options.seq_len and options.layout != TIME_BATCH_FEATURE:
+    if rows == options.run_len and options.layout != TIME_BATCH_FEATURE:
         return f"layout={TIME_BATCH_FEATURE!r} (batch_first=False)"
-    if rows == options.seq_len:
+    if rows == options.run_len:
         return "layout='batch-time-feature' (batch_first=True)"
     return "layout= (or batch_first=) in the model's own order"
 
@@ -168,9 +168,9 @@ def loss_of(output: Any, options: ProbeOptions, generator: torch.Generator, batc
             f"the model's output is a {y.dtype} tensor, which carries no gradient; return the floating output "
             "(logits, hidden states) or pass loss_fn="
         )
-    if y.dim() == 2 and y.shape[0] == options.seq_len * batch and options.layout != BATCH_FEATURE_TIME:
+    if y.dim() == 2 and y.shape[0] == options.run_len * batch and options.layout != BATCH_FEATURE_TIME:
         # A language model output flattened to (seq * batch, vocab) for its cross-entropy, in its own layout.
-        outer = (options.seq_len, batch) if options.layout == TIME_BATCH_FEATURE else (batch, options.seq_len)
+        outer = (options.run_len, batch) if options.layout == TIME_BATCH_FEATURE else (batch, options.run_len)
         y = y.reshape(*outer, -1)
     if y.dim() < 2:
         raise ModelInterfaceError(
@@ -178,7 +178,7 @@ def loss_of(output: Any, options: ProbeOptions, generator: torch.Generator, batc
             "or (batch, features); pass loss_fn= to define the loss yourself"
         )
     if y.dim() >= 3:
-        y = last_steps(y, options.lengths, options.seq_len, options.layout)  # type: ignore[arg-type]
+        y = last_steps(y, options.lengths, options.run_len, options.layout)  # type: ignore[arg-type]
     y = y.reshape(y.shape[0], -1)
     if y.shape[0] != batch:
         raise ModelInterfaceError(

@@ -27,17 +27,17 @@ def make_inputs(
     elif options.inputs is not None:
         x = options.inputs.detach().clone()  # type: ignore[union-attr]
     elif options.input_fn is not None:
-        x = call_user(options.input_fn, "input_fn", batch, options.seq_len, generator)
+        x = call_user(options.input_fn, "input_fn", batch, options.run_len, generator)
         if not isinstance(x, torch.Tensor):
             raise InvalidArgumentTypeError(f"input_fn must return a torch.Tensor, got {type(x).__name__}")
         options.check_inputs(x)
         x = x.detach().clone()
     else:  # drawn batch-first whatever the layout, so a model of any layout sees the same sequences
         if vocab_size is not None:
-            x = torch.randint(0, vocab_size, (batch, options.seq_len), generator=generator)
+            x = torch.randint(0, vocab_size, (batch, options.run_len), generator=generator)
         else:
             assert input_size is not None
-            x = torch.randn((batch, options.seq_len, input_size), generator=generator, dtype=torch.float64)
+            x = torch.randn((batch, options.run_len, input_size), generator=generator, dtype=torch.float64)
         if options.lengths is not None:
             x = zero_padding(x, options.lengths)  # type: ignore[arg-type]
         x = from_batch_time(x, options.layout).contiguous()  # type: ignore[arg-type]

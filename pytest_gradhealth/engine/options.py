@@ -61,9 +61,17 @@ class ProbeOptions:
     lengths: Sequence[int] | torch.Tensor | None = None
     layout: str | None = None
     forward: ForwardFn | None = None
+    warmup: int = 0
+    seeds: int | None = None  # None: one draw; N: N draws from seeds seed .. seed+N-1
 
     def __post_init__(self) -> None:
         check_int("seq_len", self.seq_len, minimum=2, fix="the probe needs at least two timesteps to compare")
+        check_int("warmup", self.warmup, minimum=0, fix="the number of steps run before the measured window")
+        if self.warmup and (self.lengths is not None or isinstance(self.inputs, PackedSequence)):
+            raise InvalidArgumentError(
+                f"warmup={self.warmup} runs every sample for warmup + seq_len steps, which a padded batch (lengths= "
+                "or a PackedSequence) does not; pass warmup=0, or inputs of one length"
+            )
         if self.input_size is not None:
             check_int("input_size", self.input_size, minimum=1)
         if self.batch_size is not None:
@@ -71,6 +79,12 @@ class ProbeOptions:
         check_int("seed", self.seed, minimum=-(2**63))
         if self.seed > 2**64 - 1:
             raise InvalidArgumentError(f"seed must be < 2**64 (a torch generator's seed), got {self.seed}")
+        if self.seeds is not None:
+            check_int("seeds", self.seeds, minimum=1, fix="the number of independent draws")
+            if self.seed + self.seeds - 1 > 2**64 - 1:
+                raise InvalidArgumentError(
+                    f"seed + seeds - 1 must be < 2**64 (a torch generator's seed), got {self.seed + self.seeds - 1}"
+                )
         if self.vocab_size is not None:
             check_int("vocab_size", self.vocab_size, minimum=1)
         self._resolve_layout()
@@ -168,10 +182,13 @@ class ProbeOptions:
             )
         axis = self.window.seq_axis(inputs)
         time_len = inputs.shape[axis]
-        if time_len != self.seq_len:
+        if time_len != self.run_len:
+            needed = f"seq_len is {self.seq_len}"
+            if self.warmup:
+                needed = f"warmup + seq_len is {self.warmup} + {self.seq_len}"
             raise InvalidArgumentError(
-                f"inputs has {time_len} timesteps on axis {axis} ({self.layout_name}) but seq_len is "
-                f"{self.seq_len}; pass seq_len={time_len} or layout= (batch_first=) to match the layout"
+                f"inputs has {time_len} timesteps on axis {axis} ({self.layout_name}) but {needed}; pass "
+                f"seq_len={time_len - self.warmup} or layout= (batch_first=) to match the layout"
             )
         batch = inputs.shape[self.window.batch_axis]
         if self.batch_size is not None and batch != self.batch_size:
@@ -197,14 +214,19 @@ class ProbeOptions:
         return measured_steps(self.seq_len, self.checkpoints)
 
     @property
+    def run_len(self) -> int:
+        """The timesteps the model runs: the warm-up, then the measured window."""
+        return self.warmup + self.seq_len
+
+    @property
     def layout_name(self) -> str:
         return self.window.layout_name
 
     @property
     def window(self) -> Window:
-        """The timesteps, layout and lengths the taps measure."""
+        """The timesteps, layout and lengths the taps measure: the last seq_len of the run_len steps the model runs."""
         lengths = None if self.lengths is None else tuple(self.lengths)  # type: ignore[arg-type]
-        return Window(self.seq_len, self.steps, lengths, self.layout)  # type: ignore[arg-type]
+        return Window(self.run_len, self.steps + self.warmup, lengths, self.layout)  # type: ignore[arg-type]
 
 
 def make_options(model: Any, seq_len: int, options: dict[str, Any]) -> ProbeOptions:

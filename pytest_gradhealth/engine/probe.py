@@ -28,6 +28,7 @@ from pytest_gradhealth.engine.options import (
     ProbeOptions,
     make_options,
 )
+from pytest_gradhealth.engine.seeds import measure_seeds
 from pytest_gradhealth.engine.sequences import (
     BATCH_FEATURE_TIME,
     LAYOUTS,
@@ -75,6 +76,8 @@ def probe(
     lengths: Sequence[int] | torch.Tensor | None = None,
     layout: str | None = None,
     forward: ForwardFn | None = None,
+    warmup: int = 0,
+    seeds: int | None = None,
 ) -> GradientProfile:
     """Run one BPTT pass and measure the gradient norm that a loss on the last output sends to each timestep.
 
@@ -91,6 +94,11 @@ def probe(
     at the outputs of a `cell=` called once per step; `contributions=True` adds each step's share of the recurrent
     weights' gradient. `checkpoints=K` measures K evenly spaced steps. `lengths=` (or a PackedSequence input) marks
     a padded batch: the loss is on each sample's last real step and norms are aligned by the lag from it.
+    `warmup=K` runs K steps before the measured window (inputs, drawn or given, cover K + seq_len steps; the states
+    carry over), so the profile reads the stationary backward dynamics instead of the start from a zero state.
+    `seeds=N` measures N independent draws (seeds seed .. seed+N-1 of the inputs and v; when `model` is a factory, a
+    callable that is not an nn.Module and takes no arguments, each draw also builds a fresh model under its seed):
+    the metrics are medians over them, `profile.interval(metric)` their confidence interval.
     """
     # Every keyword above is a ProbeOptions field of the same name; with no layout given, the model's own is used.
     given = {name: value for name, value in locals().items() if name not in ("model", "seq_len")}
@@ -105,7 +113,9 @@ def run_probe(
     A disconnected model is recorded with the verdict "disconnected" before its error propagates.
     """
     try:
-        profile = measure_profile(model, options)
+        profile = (
+            measure_profile(model, options) if options.seeds is None else measure_seeds(model, options, measure_profile)
+        )
     except DisconnectedGradientError as exc:
         if exc.profile is not None:
             emit(exc.profile, {"verdict": "disconnected", "message": str(exc)})
@@ -245,6 +255,7 @@ def _measure(model: Any, options: ProbeOptions, facts: ModelFacts) -> GradientPr
         subnormal_steps=None if result.subnormal is None else options.steps[result.subnormal],
         zeros=_zeros(norms, result.subnormal, facts.dtype),
         advice=kinds.advice_for(model),
+        warmup=options.warmup,
     )
 
 

@@ -127,11 +127,7 @@ def compare(
         row = Comparison(key, old.get(key), new.get(key))
         if row.old is not None and row.new is not None:
             row.mismatch = settings_mismatch(row.old.profile, row.new.profile)
-            row.broken = [
-                rule
-                for rule in rules
-                if rule.regressed(metric(row.old.profile, rule.metric), metric(row.new.profile, rule.metric))
-            ]
+            row.broken = [rule for rule in rules if rule.broken_by(row.old.profile, row.new.profile)]
         elif row.old is not None:
             row.absent = scope.missing(row.old.test, exists)
         result.append(row)

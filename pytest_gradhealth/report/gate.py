@@ -5,9 +5,13 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pytest_gradhealth.errors import InvalidArgumentError
 from pytest_gradhealth.metrics import METRICS, UNITS, gated
+
+if TYPE_CHECKING:
+    from pytest_gradhealth.profile import GradientProfile
 
 _RULE = re.compile(r"^(?P<metric>[a-z_]+):(?P<amount>[0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)(?P<unit>x|%)?$")
 
@@ -28,6 +32,40 @@ class FailRule:
         """True when `new` moved further the worse way than the rule allows (a finite value turning NaN does too)."""
         return METRICS[self.metric].regressed(old, new, self.amount, self.unit)
 
+    def broken_by(self, old: GradientProfile, new: GradientProfile) -> bool:
+        """True when the change from the profile `old` to `new` breaks the rule."""
+        metric = METRICS[self.metric]
+        return self.regressed(metric.gated(old), metric.gated(new))
+
+
+SIGNIFICANT = "significant"
+# calibrated by benchmarks/significant_gate.py (docs/science.md): the Lyapunov exponent must fall by more than this
+# many nats per step (0.5% of the per-step factor), and the per-seed values must separate with chance <= 0.001
+SIGNIFICANT_MIN_EFFECT = 0.005
+SIGNIFICANT_ALPHA = 0.001
+
+
+@dataclass(frozen=True)
+class SignificantRule(FailRule):
+    """`significant`: the Lyapunov exponent fell beyond what the seed spread explains (every new seed's value below
+    every old seed's, a chance of 1 / C(n + m, n) <= `alpha` for a neutral change) and by more than `amount`.
+    Needs seeds= on both sides (7 and 7 at least); a single draw never fails it."""
+
+    metric: str = "lyapunov"
+    amount: float = SIGNIFICANT_MIN_EFFECT
+    unit: str = ""
+    alpha: float = SIGNIFICANT_ALPHA
+
+    def __str__(self) -> str:
+        return SIGNIFICANT
+
+    def broken_by(self, old: GradientProfile, new: GradientProfile) -> bool:
+        from pytest_gradhealth.intervals import significantly_worse  # numpy: never on the plugin's import path
+
+        metric = METRICS[self.metric]
+        per_seed = [[metric.gated(p) for p in profile.seed_profiles or [profile]] for profile in (old, new)]
+        return significantly_worse(*per_seed, metric.worse, self.amount, self.alpha)
+
 
 def describe(rule: FailRule) -> str:
     """The rule in words: ratio:10x (ratio fell by more than a factor of 10)."""
@@ -42,7 +80,10 @@ def _read(text: str) -> FailRule | None:
 
 
 def parse_fail_rule(text: str, option: str = "--gradhealth-compare-fail") -> FailRule:
-    """Parse `metric:amount[x|%]`; the error names the `option` it came from and lists the accepted forms."""
+    """Parse `metric:amount[x|%]` or `significant`; the error names the `option` it came from and lists the
+    accepted forms."""
+    if text.strip().lower() == SIGNIFICANT:
+        return SignificantRule()
     forms = ", ".join(describe(example) for m in gated() if (example := _read(m.example)))
     rule = _read(text)
     metric = METRICS.get(rule.metric) if rule else None

@@ -117,6 +117,8 @@ PROFILE: dict[str, Validator] = {
     "input_size": integer(1, MAX_INT, optional=True),
     "hidden_size": integer(1, MAX_INT, optional=True),
     "versions": mapping(text, optional=True),
+    "warmup": integer(0, MAX_INT, optional=True),
+    "seeds": integer(1, MAX_INT, optional=True),
 }
 
 
@@ -134,6 +136,10 @@ def profile(value: Any, where: str) -> None:
     array(array(number, len(steps)), min_length=1)(value["sample_norms"], f"{where}.sample_norms")
     if value.get("contributions") is not None:
         mapping(array(number))(value["contributions"], f"{where}.contributions")
+    if value.get("subnormal_steps") is not None:
+        array(integer(0, seq_len - 1))(value["subnormal_steps"], f"{where}.subnormal_steps")
+    if value.get("seed_profiles") is not None:
+        array(profile, min_length=1)(value["seed_profiles"], f"{where}.seed_profiles")
 
 
 CHECK: dict[str, Validator] = {
