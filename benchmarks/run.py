@@ -132,6 +132,7 @@ def rounds(fns: list[Callable[[], object]], seconds: float, min_repeats: int, wa
         for k, fn in enumerate(fns):
             start = time.perf_counter()
             fn()
+            synchronize()
             spent[k] = time.perf_counter() - start
     repeats = max(min_repeats, min(MAX_REPEATS, int(seconds / sum(spent))))
     times = [[0.0] * len(fns) for _ in range(repeats)]
@@ -140,8 +141,15 @@ def rounds(fns: list[Callable[[], object]], seconds: float, min_repeats: int, wa
             j = (i + k) % len(fns)
             start = time.perf_counter()
             fns[j]()
+            synchronize()
             times[i][j] = time.perf_counter() - start
     return times
+
+
+def synchronize() -> None:
+    """Wait for queued CUDA work, so that a call's time includes its kernels (nothing to wait for on CPU)."""
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def median_ratio(times: list[list[float]], numerator: int, denominator: int) -> float:
@@ -192,13 +200,13 @@ def peak_bytes(fn: Callable[[], object]) -> int:
 # -- models and baselines ----------------------------------------------------------------------------
 
 
-def unrolled_states(cell: nn.LSTMCell, x: torch.Tensor) -> list[torch.Tensor]:
-    """The hidden state h_t of every step of `cell` run over batch-first `x` from a zero state."""
+def unrolled_states(cell: nn.Module, x: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+    """The state of every step of `cell` run over batch-first `x` from a zero state: (h_t,), or an LSTM's (h_t, c_t)."""
     state = None
     states = []
     for t in range(x.shape[1]):
         state = cell(x[:, t], state)
-        states.append(state[0])
+        states.append((state,) if isinstance(state, torch.Tensor) else state)
     return states
 
 
@@ -210,7 +218,7 @@ class CellLoop(nn.Module):
         self.cell = nn.LSTMCell(input_size, hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack(unrolled_states(self.cell, x), dim=1)
+        return torch.stack([h for h, _ in unrolled_states(self.cell, x)], dim=1)
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -221,19 +229,23 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def build(kind: str, sizes: Sizes, hidden: int) -> nn.Module:
+CELLS: dict[type[nn.Module], type[nn.Module]] = {nn.RNN: nn.RNNCell, nn.LSTM: nn.LSTMCell, nn.GRU: nn.GRUCell}
+
+
+def build(kind: str, sizes: Sizes, hidden: int, device: str = "cpu") -> nn.Module:
     torch.manual_seed(0)
-    return MODELS[kind](sizes.input_size, hidden)
+    return MODELS[kind](sizes.input_size, hidden).to(device)
 
 
-def make_batch(sizes: Sizes, seq_len: int) -> torch.Tensor:
-    return torch.randn(sizes.batch, seq_len, sizes.input_size, generator=torch.Generator().manual_seed(0))
+def make_batch(sizes: Sizes, seq_len: int, device: str = "cpu") -> torch.Tensor:
+    x = torch.randn(sizes.batch, seq_len, sizes.input_size, generator=torch.Generator().manual_seed(0))
+    return x.to(device)
 
 
-def cell_of(lstm: nn.LSTM) -> nn.LSTMCell:
-    """An nn.LSTMCell with the weights of a one-layer nn.LSTM."""
-    cell = nn.LSTMCell(lstm.input_size, lstm.hidden_size)
-    cell.load_state_dict({name.removesuffix("_l0"): value for name, value in lstm.state_dict().items()})
+def cell_of(module: nn.RNNBase) -> nn.Module:
+    """The nn.RNNCell, nn.LSTMCell or nn.GRUCell with the weights of a one-layer nn.RNN, nn.LSTM or nn.GRU."""
+    cell = CELLS[type(module)](module.input_size, module.hidden_size).to(module.weight_hh_l0.device)
+    cell.load_state_dict({name.removesuffix("_l0"): value for name, value in module.state_dict().items()})
     return cell
 
 
@@ -245,10 +257,10 @@ def forward_grad(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.autograd.grad(y[:, -1].sum(), leaf)[0]
 
 
-def unrolled_state_grads(cell: nn.LSTMCell, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Every step's hidden-state gradient the brute-force way: an unrolled cell loop, autograd.grad w.r.t. each h_t."""
+def unrolled_state_grads(cell: nn.Module, x: torch.Tensor, measure: str = "hidden") -> tuple[torch.Tensor, ...]:
+    """Every step's state gradient the brute-force way: an unrolled cell loop, autograd.grad w.r.t. each h_t (c_t)."""
     states = unrolled_states(cell, x)
-    return torch.autograd.grad(states[-1].sum(), states)
+    return torch.autograd.grad(states[-1][0].sum(), [state[measure == "cell"] for state in states])
 
 
 def with_recording(check: Callable[[], object]) -> None:
@@ -262,42 +274,51 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1e3:.3g} ms"
 
 
-def size_label(hidden: int, seq_len: int) -> str:
-    return f"hidden {hidden}, seq {seq_len}"
+def size_label(hidden: int, seq_len: int, device: str = "cpu") -> str:
+    return f"hidden {hidden}, seq {seq_len}" + ("" if device == "cpu" else f", {device}")
 
 
 # -- the rows ----------------------------------------------------------------------------------------
 
 
-def probe_rows(sizes: Sizes) -> Iterator[Row]:
+def probe_rows(sizes: Sizes, device: str = "cpu") -> Iterator[Row]:
     """1. probe(measure="input") against a bare forward + autograd.grad w.r.t. the same batch."""
     for hidden, seq_len in (sizes.small, sizes.large):
-        x = make_batch(sizes, seq_len)
+        x = make_batch(sizes, seq_len, device)
+        size = size_label(hidden, seq_len, device)
         for kind in MODELS:
-            model = build(kind, sizes, hidden)
+            model = build(kind, sizes, hidden, device)
             ratio, base = paired(partial(probe, model, seq_len, inputs=x), partial(forward_grad, model, x), sizes)
-            yield ratio_row(1, f"probe, {kind}", size_label(hidden, seq_len), f"fwd + grad, {ms(base)}", ratio, 1.10)
-        model = build("nn.LSTM", sizes, hidden)
+            yield ratio_row(1, f"probe, {kind}", size, f"fwd + grad, {ms(base)}", ratio, 1.05)
+        model = build("nn.LSTM", sizes, hidden, device)
         ratio, base = paired(partial(probe, model, seq_len), partial(forward_grad, model, x), sizes)
         label = "probe drawing its own inputs (the default call), nn.LSTM"
-        yield ratio_row(1, label, size_label(hidden, seq_len), f"fwd + grad, {ms(base)}", ratio, None)
+        yield ratio_row(1, label, size, f"fwd + grad, {ms(base)}", ratio, 1.05)
 
 
-def hidden_rows(sizes: Sizes) -> Iterator[Row]:
-    """2. The hidden-state probe: at checkpoints against one fused pass; every step against an unrolled cell loop."""
+STATE_MEASURES = (("nn.RNN", "hidden"), ("nn.LSTM", "hidden"), ("nn.LSTM", "cell"), ("nn.GRU", "hidden"))
+
+
+def state_rows(sizes: Sizes, device: str = "cpu") -> Iterator[Row]:
+    """2. The state probes: against one fused pass, and every step also against an unrolled loop of cells."""
     for hidden, seq_len in (sizes.small, sizes.large):
-        model = build("nn.LSTM", sizes, hidden)
-        x = make_batch(sizes, seq_len)
-        fused, unrolled = partial(forward_grad, model, x), partial(unrolled_state_grads, cell_of(model), x)
-        for checkpoints, baseline_name, baseline in (
-            (sizes.checkpoints, "fused fwd + grad", fused),
-            (None, "unrolled nn.LSTMCell loop", unrolled),
-        ):
-            candidate = partial(probe, model, seq_len, inputs=x, measure="hidden", checkpoints=checkpoints)
-            ratio, base = paired(candidate, baseline, sizes)
-            what = "every step" if checkpoints is None else f"checkpoints={checkpoints}"
-            label = f'probe(measure="hidden"), {what}, nn.LSTM'
-            yield ratio_row(2, label, size_label(hidden, seq_len), f"{baseline_name}, {ms(base)}", ratio, 1.50)
+        x = make_batch(sizes, seq_len, device)
+        size = size_label(hidden, seq_len, device)
+        for kind, measure in STATE_MEASURES:
+            model = build(kind, sizes, hidden, device)
+            loop = f"unrolled nn.{CELLS[type(model)].__name__} loop"
+            baselines = [
+                ("fused fwd + grad", partial(forward_grad, model, x), 1.50),
+                (loop, partial(unrolled_state_grads, cell_of(model), x, measure), 1.0),
+            ]
+            checkpoints = [None, sizes.checkpoints] if (kind, measure) == ("nn.LSTM", "hidden") else [None]
+            for k in checkpoints:
+                candidate = partial(probe, model, seq_len, inputs=x, measure=measure, checkpoints=k)
+                for baseline_name, baseline, limit in baselines if k is None else baselines[:1]:
+                    ratio, base = paired(candidate, baseline, sizes)
+                    what = "every step" if k is None else f"checkpoints={k}"
+                    label = f'probe(measure="{measure}"), {what}, {kind}'
+                    yield ratio_row(2, label, size, f"{baseline_name}, {ms(base)}", ratio, limit)
 
 
 def check_rows(sizes: Sizes) -> Iterator[Row]:
@@ -400,7 +421,16 @@ def scaling_rows(sizes: Sizes) -> Iterator[Row]:
     yield ratio_row(6, label, f"hidden {hidden}", f"seq {lens[-2]}", median_ratio(times, 2 * n - 1, 2 * n - 2), None)
 
 
-SECTIONS = (probe_rows, hidden_rows, check_rows, startup_rows, memory_rows, scaling_rows)
+def cuda_rows(sizes: Sizes) -> Iterator[Row]:
+    """7. Rows 1 and 2 with the models and batches on CUDA, where there is a device; a line saying so otherwise."""
+    if not torch.cuda.is_available():
+        yield Row(7, "rows 1 and 2 on CUDA", "-", "-", "skipped: torch.cuda.is_available() is False", "-", "-")
+        return
+    yield from probe_rows(sizes, "cuda")
+    yield from state_rows(sizes, "cuda")
+
+
+SECTIONS = (probe_rows, state_rows, check_rows, startup_rows, memory_rows, scaling_rows, cuda_rows)
 
 
 # -- the report --------------------------------------------------------------------------------------
@@ -418,7 +448,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes and single repeats: a smoke run")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
-    parser.add_argument("--rows", default="1,2,3,4,5,6", help="the groups of rows to run, e.g. 1,6")
+    parser.add_argument("--rows", default="1,2,3,4,5,6,7", help="the groups of rows to run, e.g. 1,6")
     args = parser.parse_args()
     groups = {int(group) for group in args.rows.split(",")}
     sizes = QUICK if args.quick else DEFAULT

@@ -21,7 +21,7 @@ from pytest_gradhealth import (
 )
 from pytest_gradhealth.engine import aten
 from pytest_gradhealth.engine.taps import fused as fused_tap
-from pytest_gradhealth.engine.taps import lstm
+from pytest_gradhealth.engine.taps import lstm, scans
 
 REL = 1e-9
 SEQ_LEN, BATCH, INPUT, HIDDEN = 9, 3, 4, 5
@@ -147,14 +147,46 @@ def counted_kernel_calls(monkeypatch, mode: str) -> list[int]:
     return calls
 
 
-@pytest.mark.parametrize(("cls", "mode"), [(nn.RNN, "RNN_TANH"), (nn.LSTM, "LSTM")])
-def test_a_small_layers_hidden_states_are_measured_in_one_kernel_call(cls, mode, monkeypatch):
+ONE_CALL = [
+    (nn.RNN, "RNN_TANH", "hidden"),
+    (nn.GRU, "GRU", "hidden"),
+    (nn.LSTM, "LSTM", "hidden"),
+    (nn.LSTM, "LSTM", "cell"),
+]
+
+
+@pytest.mark.parametrize(("cls", "mode", "measure"), ONE_CALL, ids=[f"{c.__name__}-{m}" for c, _, m in ONE_CALL])
+def test_a_small_layers_states_are_measured_in_one_kernel_call(cls, mode, measure, monkeypatch):
     calls = counted_kernel_calls(monkeypatch, mode)
-    probe(fused(cls, 2), SEQ_LEN, measure="hidden", layer=0)
+    probe(fused(cls, 2), SEQ_LEN, measure=measure, layer=0)
     assert calls == [SEQ_LEN, SEQ_LEN]  # one call per layer
     calls.clear()
-    probe(fused(cls, 2), SEQ_LEN, measure="hidden", layer=0, contributions=True)  # each step's own weight copy
+    probe(fused(cls, 2), SEQ_LEN, measure=measure, layer=0, contributions=True)  # each step's own weight copy
     assert calls == [1] * SEQ_LEN * 2
+
+
+def test_the_cell_state_of_a_packed_batch_of_several_lengths_is_measured_split_in_time(monkeypatch):
+    # Its final cell states are cut out of the layer at each sample's last step, where c_t's gradient mixes two paths.
+    calls = counted_kernel_calls(monkeypatch, "LSTM")
+    x, _ = inputs_and_projection()
+    packed = nn.utils.rnn.pack_padded_sequence(x, LENGTHS, batch_first=True, enforce_sorted=False)
+    probe(fused(nn.LSTM), SEQ_LEN, inputs=packed, measure="cell")
+    assert calls == [1] * SEQ_LEN
+    calls.clear()
+    probe(fused(nn.LSTM), SEQ_LEN, inputs=packed, measure="hidden")
+    assert calls == [4, 3, 2]  # split only where the samples end: steps 3, 6 and 8
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("length", [1, 2, 5, 8, 13])
+def test_the_linear_scan_is_the_sequential_recurrence(length, reverse):
+    gen = torch.Generator().manual_seed(length)
+    a, b = (torch.randn(length, 2, 3, generator=gen, dtype=torch.float64) for _ in range(2))
+    order = range(length - 1, -1, -1) if reverse else range(length)
+    y, expected = torch.zeros(2, 3, dtype=torch.float64), torch.empty_like(b)
+    for t in order:
+        y = expected[t] = a[t] * y + b[t]
+    torch.testing.assert_close(scans.linear_scan(a, b, reverse=reverse), expected, rtol=1e-12, atol=1e-12)
 
 
 def test_the_split_path_is_kept_where_its_chunks_hold_enough_work(monkeypatch):
@@ -166,9 +198,9 @@ def test_the_split_path_is_kept_where_its_chunks_hold_enough_work(monkeypatch):
     calls.clear()
     probe(rnn, SEQ_LEN, measure="hidden")  # every step: chunks of 1 step
     assert calls == [SEQ_LEN]
-    gru_calls = counted_kernel_calls(monkeypatch, "GRU")
-    probe(fused(nn.GRU), SEQ_LEN, measure="hidden")  # h_{t-1} also enters a GRU's candidate: always split
-    assert gru_calls == [1] * SEQ_LEN
+    lstm_calls = counted_kernel_calls(monkeypatch, "LSTM")
+    probe(nn.LSTM(INPUT, 512, batch_first=True), SEQ_LEN, measure="cell", checkpoints=2)  # the cell state too
+    assert lstm_calls == [1, SEQ_LEN - 1]
 
 
 def test_checkpoints_are_evenly_spaced_and_keep_the_first_and_the_last_step():

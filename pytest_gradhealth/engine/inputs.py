@@ -19,8 +19,13 @@ def make_inputs(
     input_size: int | None,
     dtype: torch.dtype,
     device: torch.device,
+    sampled: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """The input tensor in the model's layout: given, from `input_fn`, or drawn (tokens or N(0, 1) floats)."""
+    """The input tensor in the model's layout: given, from `input_fn`, or drawn (tokens or N(0, 1) floats).
+
+    Floats are drawn in `sampled` (the model's dtype; `dtype` when None) and cast to `dtype`, so that a probe in
+    another dtype than the model's sees the same sequences.
+    """
     batch = options.batch_size or DEFAULT_BATCH_SIZE
     if options.packed:
         x = packed_as_padded(options.inputs, options.batch_first)[0]  # type: ignore[arg-type]
@@ -37,13 +42,20 @@ def make_inputs(
             x = torch.randint(0, vocab_size, (batch, options.run_len), generator=generator)
         else:
             assert input_size is not None
-            x = torch.randn((batch, options.run_len, input_size), generator=generator, dtype=torch.float64)
+            # Not in float64 for a float32 model: torch's sampler takes 4x as long, a large share of a small probe.
+            drawn = _sampler_dtype(sampled or dtype)
+            x = torch.randn((batch, options.run_len, input_size), generator=generator, dtype=drawn)
         if options.lengths is not None:
             x = zero_padding(x, options.lengths)  # type: ignore[arg-type]
         x = from_batch_time(x, options.layout).contiguous()  # type: ignore[arg-type]
     if x.is_floating_point():
         return x.to(device=device, dtype=dtype)
     return x.to(device=device)
+
+
+def _sampler_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 for float64, float32 for any other dtype (float16 and bfloat16 are drawn in float32 and cast)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def call_user(fn: Callable[..., Any], label: str, *args: Any) -> Any:

@@ -212,7 +212,8 @@ def _measure(model: Any, options: ProbeOptions, facts: ModelFacts) -> GradientPr
     with guard.guarded(model, options.mode, facts.device, options.seed) as guarded:
         run_model = guard.converted(guarded, facts.dtype, facts.device, facts.model_dtype, facts.model_device)
         generator = torch.Generator(device="cpu").manual_seed(options.seed)
-        x = make_inputs(options, generator, facts.vocab_size, facts.input_size, facts.dtype, facts.device)
+        sampled = facts.model_dtype if isinstance(model, nn.Module) else facts.dtype  # a plain callable has none
+        x = make_inputs(options, generator, facts.vocab_size, facts.input_size, facts.dtype, facts.device, sampled)
         batch = x.shape[window.batch_axis]
         tokens = not x.is_floating_point()
         if tap is None:

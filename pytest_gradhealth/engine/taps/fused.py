@@ -14,6 +14,9 @@ For the probe's one forward pass the module's forward is replaced by the same co
   output, and the final state, which is read from the output) plus dL/du_{t+1}. Not for a GRU, whose h_{t-1} also
   enters inside r_t * (W_hn h_{t-1} + b_hn), nor for the cell state, whose path into step t+1 is not additive.
   Each fused call has a fixed cost (about 0.35 ms forward and backward on CPU), which is what this path saves.
+  A GRU's extra zero input has the identity as its weight instead, so its gradient is that of every gate's
+  pre-activation; an LSTM's cell state and a GRU's path through z_t * h_{t-1} are then added by scans over the
+  recomputed gates (`scans.py`). The cell state takes this path only where nothing splits the measured layer.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from pytest_gradhealth.engine import aten
 from pytest_gradhealth.engine.sequences import Window, measured_at
-from pytest_gradhealth.engine.taps import lstm
+from pytest_gradhealth.engine.taps import lstm, scans
 from pytest_gradhealth.engine.taps.base import StateRequest, TapResult, stacked_norms, stand_in_forward
 from pytest_gradhealth.errors import ModelInterfaceError
 
@@ -40,12 +43,13 @@ from pytest_gradhealth.errors import ModelInterfaceError
 SPLIT_MIN_WORK = 2**22
 
 
-def one_call(module: nn.RNNBase, request: StateRequest, batch_steps_per_chunk: float) -> bool:
+def one_call(module: nn.RNNBase, request: StateRequest, batch_steps_per_chunk: float, cut: bool) -> bool:
     """Whether the measured layer runs in one fused call with a zero recurrent input instead of split in time.
 
-    `batch_steps_per_chunk`: batch size times the split path's mean chunk length.
+    `batch_steps_per_chunk`: batch size times the split path's mean chunk length. `cut`: the layer is split before
+    its last step anyway (a packed batch's final states), where the cell state's own gradient would mix two paths.
     """
-    if request.measure != "hidden" or module.mode == "GRU" or request.contributions:
+    if request.contributions or (request.measure == "cell" and cut):
         return False
     return batch_steps_per_chunk * module.hidden_size**2 < SPLIT_MIN_WORK
 
@@ -64,7 +68,7 @@ class FusedStatesTap:
         self.cuts: list[int] = []
         self.states: dict[int, tuple[torch.Tensor, ...]] = {}
         self.aliases: dict[str, list[torch.Tensor]] = {}
-        self.inputs = self.outputs = self.initial = torch.empty(0)
+        self.inputs = self.outputs = self.initial = self.initial_cell = torch.empty(0)  # initial: h_0, c_0
         self.layer_output = self.recurrent = torch.empty(0)  # the one-call path's measured tensors: output and u
 
     def attach(self, model: Any, x: torch.Tensor, stack: contextlib.ExitStack) -> torch.Tensor:
@@ -101,7 +105,8 @@ class FusedStatesTap:
         initial = self._initial_states(x, hx)
         unmeasured = {x.shape[0] - 1, *last, *self.aliased}
         split = sorted({*unmeasured, *self.measured_at})
-        self.one_call = one_call(module, self.request, x.shape[0] * x.shape[1] / len(split))
+        work = x.shape[0] * x.shape[1] / len(split)
+        self.one_call = one_call(module, self.request, work, len(unmeasured) > 1)
         finals = []
         for layer in range(module.num_layers):
             measured = layer == self.layer
@@ -110,7 +115,7 @@ class FusedStatesTap:
             if measured:
                 self.cuts, self.states, self.layer_output = cuts, states, out
                 self.inputs, self.outputs = x.detach(), out.detach()
-                self.initial = initial[layer][0].detach()
+                self.initial, self.initial_cell = initial[layer][0].detach(), initial[layer][-1].detach()
             # h_n is read from the output, so that the output's gradient includes the path through it.
             h_n = out[last, torch.arange(out.shape[1], device=out.device)]
             finals.append((h_n, *(_own_steps(states, last) if packed else states[x.shape[0] - 1])[1:]))
@@ -155,10 +160,12 @@ class FusedStatesTap:
         """
         names = self._weights(layer)
         weights = [getattr(self.module, name) for name in names]
-        if zero_recurrent:
-            self.recurrent = x.new_zeros(*x.shape[:2], weights[1].shape[1]).requires_grad_(True)
+        if zero_recurrent:  # a GRU's: the identity, so that dL/du_t is dL/dpre_t of every gate
+            gru = self.module.mode == "GRU"
+            extra = torch.eye(weights[0].shape[0], dtype=x.dtype, device=x.device) if gru else weights[1]
+            self.recurrent = x.new_zeros(*x.shape[:2], extra.shape[1]).requires_grad_(True)
             x = torch.cat([x, self.recurrent], dim=-1)
-            weights[0] = torch.cat([weights[0], weights[1]], dim=1)
+            weights[0] = torch.cat([weights[0], extra], dim=1)
         recurrent = [i for i, name in enumerate(names) if name.startswith(("weight_hh", "weight_hr"))]
         pieces, states, start = [], {}, 0
         for end in cuts:
@@ -187,8 +194,9 @@ class FusedStatesTap:
                 f"the model never called its {type(self.module).__name__} in the forward pass, so it has no states "
                 "to measure; pass module= naming the one it uses"
             )
-        if self.one_call:
-            return [self.layer_output, self.recurrent]
+        if self.one_call:  # and c_n, read only by the module's final state on this path
+            cell = [self.states[self.cuts[-1]][1]] if self.request.measure == "cell" else []
+            return [self.layer_output, self.recurrent, *cell]
         tensors = [self.states[t][0] for t in self.cuts]
         if self.request.measure == "cell":
             tensors += [self.states[t][1] for t in self.cuts]
@@ -196,16 +204,15 @@ class FusedStatesTap:
 
     @torch.no_grad()
     def result(self, grads: list[torch.Tensor]) -> TapResult:
-        if self.one_call:  # dL/dh_t: at the output at step t, plus dL/du_{t+1} (none after the last step)
+        if self.one_call:
             at = self.measured_at
-            steps = torch.tensor(at, device=grads[0].device)
-            g = grads[0][steps] + nn.functional.pad(grads[1], (0, 0, 0, 0, 0, 1))[steps + 1]
+            g = self._every_step(grads)[torch.tensor(at, device=grads[0].device)]
             return TapResult(*self.window.by_lag(stacked_norms(g), np.asarray(at)))
         n = len(self.cuts)
         g = torch.stack(grads[:n])
         if self.request.measure == "cell":
             cuts = torch.tensor(self.cuts, device=g.device)
-            h_prev = torch.cat([self.initial[None], self.outputs[:-1]])[cuts]
+            h_prev = self._previous_hidden()[cuts]
             c = torch.stack([self.states[t][1] for t in self.cuts])
             g = torch.stack(grads[n : 2 * n]) + lstm.through_hidden(
                 g, self.inputs[cuts], h_prev, c, self.module, f"_l{self.layer}"
@@ -213,6 +220,23 @@ class FusedStatesTap:
             n *= 2
         norms, valid = self.window.by_lag(stacked_norms(g), np.asarray(self.cuts))
         return TapResult(norms, valid, lstm.contributions(self.aliases, grads[n:]))
+
+    def _previous_hidden(self) -> torch.Tensor:
+        """h_{t-1} of the measured layer at every step t."""
+        return torch.cat([self.initial[None], self.outputs[:-1]])
+
+    def _every_step(self, grads: list[torch.Tensor]) -> torch.Tensor:
+        """The one-call path's dL/dh_t (or dL/dc_t) at every step, from the gradients at `measured()`."""
+        suffix = f"_l{self.layer}"
+        if self.module.mode == "GRU":
+            return scans.gru_hidden(grads[0], grads[1], self.inputs, self._previous_hidden(), self.module, suffix)
+        # At the output at step t, plus dL/du_{t+1}: h_t's path into step t+1 (none after the last step).
+        hidden = grads[0] + nn.functional.pad(grads[1][1:], (0, 0, 0, 0, 0, 1))
+        if self.request.measure == "hidden":
+            return hidden
+        return scans.lstm_cell(
+            hidden, grads[2], self.inputs, self._previous_hidden(), self.initial_cell, self.module, suffix
+        )
 
 
 def _own_steps(states: dict[int, tuple[torch.Tensor, ...]], steps: list[int]) -> tuple[torch.Tensor, ...]:
