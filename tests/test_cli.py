@@ -100,7 +100,7 @@ def test_probe_prints_the_plugins_table_and_show_prints_it_again_from_json(proje
     assert probed.stdout.splitlines() == [
         *table,
         "gradhealth: report written to r.json",
-        "gradhealth: 2 probe(s) failed the thresholds (min_ratio 0.001, max_ratio 1000): vanishing",
+        "gradhealth: 1 probe(s) failed the thresholds (min_ratio 0.001, max_ratio 1000): vanishing",
     ]
     assert [(r.test, r.probe, r.verdict) for r in saved.records] == [
         ("models.py:lstm", "ReferenceLSTM seq_len=10", "ok"),
