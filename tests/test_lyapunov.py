@@ -67,8 +67,9 @@ def own_lyapunov(core: torch.nn.RNNBase, x: torch.Tensor, first_lag: int, last_l
 )
 def test_exp_lyapunov_is_the_largest_lyapunov_exponent_after_a_warmup(model, tolerance):
     profile = probe(model, SEQ_LEN, warmup=WARMUP, batch_size=BATCH, seed=SEED, measure="hidden", dtype="float64")
-    # the probe's inputs, drawn as it draws them: N(0, 1), batch-first, from its own generator seeded by `seed`
-    x = torch.randn((BATCH, WARMUP + SEQ_LEN, 8), generator=torch.Generator().manual_seed(SEED), dtype=torch.float64)
+    # the probe's inputs, drawn as it draws them: N(0, 1) in the model's dtype (float32), batch-first, from its own
+    # generator seeded by `seed`, then cast to the probe's float64
+    x = torch.randn((BATCH, WARMUP + SEQ_LEN, 8), generator=torch.Generator().manual_seed(SEED)).double()
     expected = math.exp(own_lyapunov(model.core, x, SEQ_LEN // 4, SEQ_LEN - 1))
     assert math.exp(profile.lyapunov) == pytest.approx(expected, rel=tolerance, abs=tolerance)
 

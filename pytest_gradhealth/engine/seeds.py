@@ -52,8 +52,7 @@ def measure_seeds(model: Any, options: ProbeOptions, measure: Measure) -> Gradie
         drawn = build(model, seed) if factory else model
         profiles.append(measure(drawn, replace(options, seed=seed, seeds=None)))
     samples = np.concatenate([p.sample_norms for p in profiles], axis=0)
-    squares = np.nan_to_num(samples, nan=0.0) ** 2
-    norms, _ = batch_rms(squares, ~np.isnan(samples))
+    norms, _ = batch_rms(np.nan_to_num(samples, nan=0.0), ~np.isnan(samples))
     first = profiles[0]
     return replace(
         first,
