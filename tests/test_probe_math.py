@@ -102,23 +102,29 @@ def test_gru_with_constant_update_gate_decays_as_the_gate():
     assert profile.ratio == pytest.approx(z**24, rel=REL)
 
 
-@pytest.mark.parametrize("forget_bias", [0.0, 2.0, 5.0])
-def test_lstm_with_constant_forget_gate_decays_as_sigmoid_of_its_bias(forget_bias):
-    # Only the candidate gate sees the input (weight_ih rows 2H:3H), W_hh = 0: f = sigmoid(b_f) is constant and
-    # c_t = f c_{t-1} + i g(x_t). With the same input every step, dL/dx_t is f^(T-t) times a fixed vector.
-    size = 3
+def constant_forget_lstm(forget_bias: float, size: int = 3) -> nn.LSTM:
+    """Only the candidate gate sees the input (weight_ih rows 2H:3H), W_hh = 0: f = sigmoid(b_f) is constant."""
     lstm = nn.LSTM(size, size, batch_first=True).double()
     with torch.no_grad():
         for p in lstm.parameters():
             p.zero_()
         lstm.weight_ih_l0[2 * size : 3 * size].copy_(torch.eye(size))
         lstm.bias_ih_l0[size : 2 * size].fill_(forget_bias)
+    return lstm
+
+
+def constant_input(batch: int, seq_len: int, gen: torch.Generator, size: int = 3) -> torch.Tensor:
+    """The same N(0, 1) input at every step of each sample."""
+    return torch.randn(batch, 1, size, generator=gen, dtype=torch.float64).expand(batch, seq_len, size)
+
+
+@pytest.mark.parametrize("forget_bias", [0.0, 2.0, 5.0])
+def test_lstm_with_constant_forget_gate_decays_as_sigmoid_of_its_bias(forget_bias):
+    # Only the candidate gate sees the input (weight_ih rows 2H:3H), W_hh = 0: f = sigmoid(b_f) is constant and
+    # c_t = f c_{t-1} + i g(x_t). With the same input every step, dL/dx_t is f^(T-t) times a fixed vector.
+    lstm = constant_forget_lstm(forget_bias)
     f = 1 / (1 + math.exp(-forget_bias))
-
-    def constant(batch, seq_len, gen):
-        return torch.randn(batch, 1, size, generator=gen, dtype=torch.float64).expand(batch, seq_len, size)
-
-    profile = probe(lstm, 30, input_fn=constant)
+    profile = probe(lstm, 30, input_fn=constant_input)
     lags = np.arange(29, -1, -1)
     np.testing.assert_allclose(profile.norms / profile.norms[-1], f**lags, rtol=REL)
     assert profile.rate == pytest.approx(f, rel=REL)

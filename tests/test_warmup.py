@@ -7,8 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from test_probe_math import ScalarLinearRecurrence
-from torch import nn
+from test_probe_math import ScalarLinearRecurrence, constant_forget_lstm, constant_input
 
 from pytest_gradhealth import GradHealthError, probe, reference
 from pytest_gradhealth.profile import GradientProfile
@@ -29,19 +28,8 @@ def test_linear_recurrence_decays_exactly_as_a_to_the_lag_whatever_the_warmup(a,
 
 @pytest.mark.parametrize("warmup", [0, 40])
 def test_lstm_with_constant_forget_gate_decays_as_sigmoid_of_its_bias_after_a_warmup(warmup):
-    size = 3
-    lstm = nn.LSTM(size, size, batch_first=True).double()
-    with torch.no_grad():
-        for p in lstm.parameters():
-            p.zero_()
-        lstm.weight_ih_l0[2 * size : 3 * size].copy_(torch.eye(size))
-        lstm.bias_ih_l0[size : 2 * size].fill_(2.0)
     f = 1 / (1 + math.exp(-2.0))
-
-    def constant(batch, seq_len, gen):
-        return torch.randn(batch, 1, size, generator=gen, dtype=torch.float64).expand(batch, seq_len, size)
-
-    profile = probe(lstm, 30, input_fn=constant, warmup=warmup)
+    profile = probe(constant_forget_lstm(2.0), 30, input_fn=constant_input, warmup=warmup)
     np.testing.assert_allclose(profile.norms / profile.norms[-1], f ** np.arange(29, -1, -1), rtol=REL)
     assert profile.lyapunov == pytest.approx(math.log(f), rel=REL)
 
