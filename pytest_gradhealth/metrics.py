@@ -30,6 +30,17 @@ def number(value: float, digits: int = 3) -> str:
     return f"{value:.{digits}g}"
 
 
+def log10_number(log10: float, digits: int = 3) -> str:
+    """A figure given by its log10, as `number` shows it, also outside float64's range: 10**-5000 is '1e-5000'."""
+    if not math.isfinite(log10) or -300 < log10 < 300:
+        return number(10.0**log10 if not math.isnan(log10) else math.nan, digits)
+    exponent = math.floor(log10)
+    mantissa = f"{10.0 ** (log10 - exponent):.{digits}g}"
+    if mantissa.startswith("10"):  # rounded up to the next power of ten
+        mantissa, exponent = "1", exponent + 1
+    return f"{mantissa}e{exponent:+d}" if mantissa != "1" else f"1e{exponent:+d}"
+
+
 def peak_ratio(profile: GradientProfile) -> float:
     """The largest norm over the last step's: how far above the latest step's gradient any step climbs."""
     last = float(profile.norms[-1])
@@ -59,6 +70,8 @@ class Metric:
     narrow: bool = True  # kept when the table must fit a narrow terminal
     in_summary: bool = False  # in the "rate ..., half-life ..., horizon ..." line of failure messages
     log_scale: bool = False  # compared as a change in log10 (it spans orders of magnitude)
+    # a log-scale metric's log10, exact where the value itself leaves float64's range: shown and gated from it
+    log10: Callable[[GradientProfile], float] | None = None
     gate: Callable[[GradientProfile], float] | None = None  # what the gate compares, when not `compute`
     integer: bool = False
 
@@ -66,18 +79,22 @@ class Metric:
         return float(self.compute(profile))
 
     def gated(self, profile: GradientProfile) -> float:
-        """The value a baseline comparison reads."""
-        return float((self.gate or self.compute)(profile))
+        """The value a baseline comparison reads: the log10 of a log-scale metric."""
+        return float((self.gate or self.log10 or self.compute)(profile))
 
     def format(self, value: float) -> str:
         return str(int(value)) if self.integer and math.isfinite(value) else number(value)
 
     def show(self, profile: GradientProfile) -> str:
         """The metric of `profile`, formatted for a table cell."""
+        if self.log10 is not None:
+            return log10_number(float(self.log10(profile)))
         return self.format(self.value(profile))
 
     def sentence(self, profile: GradientProfile) -> str:
         """The metric of `profile` in the words of a failure message."""
+        if self.log10 is not None:  # its phrase takes the shown figure: 1e-5000 is no float
+            return self.phrase.format(self.show(profile))
         value = self.value(profile)
         return self.phrase.format(int(value) if self.integer else value)
 
@@ -90,6 +107,8 @@ class Metric:
             return True
         if self.worse == "higher":
             old, new = -old, -new  # the same test on the mirrored axis
+        if unit == "x" and self.log10 is not None:  # compared in log10: a factor is a difference there
+            return new < old - math.log10(amount)
         if unit == "x":
             return new < old / amount if old >= 0 else new < old * amount
         if unit == "%":
@@ -104,7 +123,8 @@ METRICS: dict[str, Metric] = {
             "ratio",
             "ratio",
             lambda p: p.ratio,
-            "ratio first/last = {:.3g}",
+            "ratio first/last = {}",
+            log10=lambda p: p.log10_ratio,
             units=("x",),
             example="ratio:10x",
             unit_note="ratios span orders of magnitude, give a factor such as ratio:10x",

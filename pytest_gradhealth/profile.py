@@ -15,6 +15,7 @@ from pytest_gradhealth.intervals import Interval, median_interval
 
 SCHEMA_VERSION = 1
 _MAX_LOG = math.log(sys.float_info.max)
+_LN10 = math.log(10.0)
 
 _FLOAT_ENCODING = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
@@ -44,6 +45,17 @@ def decode_floats(values: Any, what: str) -> np.ndarray:
         raise ReportFormatError(f"{what}: expected numbers (or 'NaN'/'Infinity'/'-Infinity'), got {x!r}")
 
     return np.asarray(one(values), dtype=np.float64)
+
+
+def log10_rms(log10_samples: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """log10 of the RMS, over the `valid` samples, of norms given as log10 (batch, steps): exact however far outside
+    float64's range the norms lie; -inf where every norm is zero, NaN or inf where a valid one is."""
+    with np.errstate(invalid="ignore"):
+        largest = np.where(valid, log10_samples, -np.inf).max(axis=0)
+        scalable = np.isfinite(largest)
+        shifted = np.where(valid & scalable, log10_samples - np.where(scalable, largest, 0.0), -np.inf)
+        mean_square = (10.0 ** (2.0 * shifted)).sum(axis=0) / np.maximum(valid.sum(axis=0), 1)
+        return np.where(scalable, largest + 0.5 * np.log10(mean_square), largest)
 
 
 def _slope(x: np.ndarray, y: np.ndarray) -> float:
@@ -89,6 +101,9 @@ class GradientProfile:
     # seeds=N: the N draws' own profiles; this one pools their samples, and its metrics are medians over them
     seeds: int | None = None
     seed_profiles: list[GradientProfile] | None = None
+    # log10 of each sample's norm where the probe renormalised its backward pass because the plain one underflowed
+    # (or overflowed): exact beyond float64's range, where `sample_norms` reads 0. None: log10 of `sample_norms`.
+    log10_sample_norms: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.norms = np.asarray(self.norms, dtype=np.float64)
@@ -105,6 +120,22 @@ class GradientProfile:
             raise ReportFormatError(
                 f"sample_norms must have shape (batch, {len(self.norms)}), got {self.sample_norms.shape}"
             )
+        if self.log10_sample_norms is None:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                self._log10_norms = np.log10(self.norms)
+                self._ln_norms = np.log(self.norms)
+                self._ln_samples = np.log(self.sample_norms)
+        else:
+            self.log10_sample_norms = np.asarray(self.log10_sample_norms, dtype=np.float64)
+            if self.log10_sample_norms.shape != self.sample_norms.shape:
+                raise ReportFormatError(
+                    f"log10_sample_norms must have the shape of sample_norms {self.sample_norms.shape}, "
+                    f"got {self.log10_sample_norms.shape}"
+                )
+            logs = self.log10_sample_norms
+            self._log10_norms = np.where(np.isnan(self.norms), np.nan, log10_rms(logs, ~np.isnan(logs)))
+            self._ln_norms = self._log10_norms * _LN10
+            self._ln_samples = logs * _LN10
 
     # -- metrics -------------------------------------------------------------------------------------
 
@@ -114,19 +145,26 @@ class GradientProfile:
         return self.seq_len - 1 - self.steps
 
     @property
+    def log10_norms(self) -> np.ndarray:
+        """log10 of each step's norm, float64: finite wherever some gradient reaches the step, however far below (or
+        above) float64's range (the probe renormalises its backward pass where the plain one leaves the dtype's
+        range); -inf where none does, NaN/inf where the gradient is not finite."""
+        return self._log10_norms
+
+    @property
     def nonfinite_steps(self) -> np.ndarray:
         """Timesteps whose gradient norm is NaN or infinite."""
-        return self.steps[~np.isfinite(self.norms)]
+        return self.steps[np.isnan(self._log10_norms) | (self._log10_norms == math.inf)]
 
     @property
     def underflow_steps(self) -> np.ndarray:
-        """Timesteps whose gradient norm is exactly zero: it underflowed, or no path reaches them."""
-        return self.steps[self.norms == 0.0]
+        """Timesteps whose gradient is exactly zero (in the log-domain profile: no gradient at all reaches them)."""
+        return self.steps[self._log10_norms == -math.inf]
 
     @property
     def finite(self) -> bool:
-        """True when every measured norm is a finite number."""
-        return bool(np.isfinite(self.norms).all())
+        """True when every measured norm is a finite number (or zero)."""
+        return self.nonfinite_steps.size == 0
 
     def _median(self, metric: Callable[[GradientProfile], float]) -> float | None:
         """The median of `metric` over the per-seed profiles, None for a single draw."""
@@ -148,14 +186,29 @@ class GradientProfile:
     def ratio(self) -> float:
         """norms[0] / norms[-1]: the share of the latest step's gradient that reaches the earliest step.
 
-        NaN when either end is not finite: a non-finite gradient is never shown as a ratio. With seeds, the median.
+        NaN when either end is not finite: a non-finite gradient is never shown as a ratio; 0.0 below float64's
+        range (`log10_ratio` holds it). With seeds, the median.
         """
         if (median := self._median(lambda p: p.ratio)) is not None:
             return median
         first, last = float(self.norms[0]), float(self.norms[-1])
-        if not (math.isfinite(first) and math.isfinite(last)) or last == 0.0:
+        normal = sys.float_info.min
+        if self.log10_sample_norms is None or (normal <= first < math.inf and normal <= last < math.inf):
+            if not (math.isfinite(first) and math.isfinite(last)) or last == 0.0:
+                return math.nan
+            return first / last
+        return 10.0**self.log10_ratio
+
+    @property
+    def log10_ratio(self) -> float:
+        """log10 of `ratio`, exact beyond float64's range: -5000 is a decay to 1e-5000 over the sequence; -inf when
+        no gradient reaches the earliest step, NaN when either end is not finite. With seeds, the median."""
+        if (median := self._median(lambda p: p.log10_ratio)) is not None:
+            return median
+        first, last = float(self._log10_norms[0]), float(self._log10_norms[-1])
+        if not math.isfinite(last) or math.isnan(first) or first == math.inf:
             return math.nan
-        return first / last
+        return first - last
 
     @property
     def rate(self) -> float:
@@ -163,10 +216,10 @@ class GradientProfile:
         norms. Exactly `a` for h_t = a*h_{t-1} + x_t; NaN with fewer than two usable points. With seeds, the median."""
         if (median := self._median(lambda p: p.rate)) is not None:
             return median
-        ok = np.isfinite(self.norms) & (self.norms > 0)
+        ok = np.isfinite(self._ln_norms)
         if ok.sum() < 2:
             return math.nan
-        slope = _slope(self.lags[ok].astype(np.float64), np.log(self.norms[ok]))
+        slope = _slope(self.lags[ok].astype(np.float64), self._ln_norms[ok])
         return math.exp(slope) if slope < _MAX_LOG else math.inf
 
     @property
@@ -185,14 +238,12 @@ class GradientProfile:
         lags = self.lags
         n = self.seq_len
         part = (lags >= n // 4) & ((lags <= n - 1 - n // 4) if self.warmup == 0 else True)
-        samples = self.sample_norms
-        measured = ~np.isnan(samples)  # NaN: a padded sample that does not reach this lag
-        usable = part & measured.any(axis=0) & np.all(~measured | (np.isfinite(samples) & (samples > 0)), axis=0)
+        logs = self._ln_samples
+        measured = ~np.isnan(self.sample_norms)  # NaN: a padded sample that does not reach this lag
+        usable = part & measured.any(axis=0) & np.all(~measured | np.isfinite(logs), axis=0)
         if usable.sum() < 2:
             return math.nan
-        with np.errstate(divide="ignore"):
-            logs = np.log(samples[:, usable])
-        mean_log = np.nanmean(logs, axis=0)
+        mean_log = np.nanmean(logs[:, usable], axis=0)
         return _slope(lags[usable].astype(np.float64), mean_log)
 
     @property
@@ -220,20 +271,24 @@ class GradientProfile:
             raise InvalidArgumentError(f"threshold must be a positive finite number, got {threshold!r}")
         if (median := self._median(lambda p: p.horizon(threshold))) is not None:
             return int(median)
-        bound = threshold * float(self.norms[-1])
         lags = self.lags
         for i in range(len(self.norms) - 1, -1, -1):
-            if not self.norms[i] >= bound:
+            if not self._reaches(i, threshold):
                 return int(lags[i + 1]) if i + 1 < len(self.norms) else 0
         return self.seq_len - 1
 
     def first_step_below(self, bound_ratio: float) -> int | None:
         """The latest timestep (nearest the loss) whose norm is below bound_ratio * norms[-1], or None."""
-        bound = bound_ratio * float(self.norms[-1])
         for i in range(len(self.norms) - 1, -1, -1):
-            if not self.norms[i] >= bound:
+            if not self._reaches(i, bound_ratio):
                 return int(self.steps[i])
         return None
+
+    def _reaches(self, i: int, fraction: float) -> bool:
+        """Whether norms[i] >= fraction * norms[-1] (False for NaN), in the log domain where the probe renormalised."""
+        if self.log10_sample_norms is None:
+            return bool(self.norms[i] >= fraction * float(self.norms[-1]))
+        return bool(self._log10_norms[i] >= math.log10(fraction) + self._log10_norms[-1])
 
     # -- serialisation -------------------------------------------------------------------------------
 
@@ -268,6 +323,8 @@ class GradientProfile:
             "seeds": self.seeds,
             "seed_profiles": None if self.seed_profiles is None else [p.to_dict() for p in self.seed_profiles],
         }
+        if self.log10_sample_norms is not None:
+            data["log10_sample_norms"] = encode_floats(self.log10_sample_norms)
         return data
 
     @classmethod
@@ -324,6 +381,9 @@ class GradientProfile:
             seed_profiles=None
             if data.get("seed_profiles") is None
             else [cls.from_dict(p) for p in data["seed_profiles"]],
+            log10_sample_norms=None
+            if data.get("log10_sample_norms") is None
+            else decode_floats(data["log10_sample_norms"], "log10_sample_norms"),
         )
 
     def __repr__(self) -> str:

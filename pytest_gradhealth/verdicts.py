@@ -7,7 +7,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from pytest_gradhealth.metrics import METRICS, peak_ratio, summary
+from pytest_gradhealth.metrics import METRICS, log10_number, peak_ratio, summary
 
 if TYPE_CHECKING:
     from pytest_gradhealth.profile import GradientProfile
@@ -20,30 +20,29 @@ NONFINITE = "!"
 ZERO = "·"
 
 
-def sparkline(norms: Iterable[float], width: int = 32) -> str:
-    """Bars scaled between the smallest and largest positive finite norm on a log10 axis.
+def sparkline(log10_norms: Iterable[float], width: int = 32) -> str:
+    """Bars scaled between the smallest and largest finite log10 norm (`profile.log10_norms`).
 
-    A bucket with a NaN/Inf norm shows `!`, one whose norms are all exactly zero shows `·`.
+    A bucket with a NaN/Inf norm shows `!`, one whose norms are all exactly zero (log10 -inf) shows `·`.
     """
-    values = [float(v) for v in norms]
+    values = [float(v) for v in log10_norms]
     if not values:
         return ""
     width = max(1, min(width, len(values)))
     buckets = [values[len(values) * i // width : len(values) * (i + 1) // width] for i in range(width)]
-    logs = [math.log10(v) for v in values if math.isfinite(v) and v > 0]
+    logs = [v for v in values if math.isfinite(v)]
     low, high = (min(logs), max(logs)) if logs else (0.0, 0.0)
     span = high - low
     glyphs = []
     for bucket in buckets:
-        if any(not math.isfinite(v) for v in bucket):
+        if any(math.isnan(v) or v == math.inf for v in bucket):
             glyphs.append(NONFINITE)
             continue
-        positive = [v for v in bucket if v > 0]
-        if not positive:
+        reached = [v for v in bucket if v > -math.inf]
+        if not reached:
             glyphs.append(ZERO)
             continue
-        mean_log = sum(math.log10(v) for v in positive) / len(positive)
-        level = (mean_log - low) / span if span > 0 else 1.0
+        level = (sum(reached) / len(reached) - low) / span if span > 0 else 1.0
         glyphs.append(BARS[min(len(BARS) - 1, max(0, round(level * (len(BARS) - 1))))])
     return "".join(glyphs)
 
@@ -97,9 +96,10 @@ def failure_message(
     else:
         lines += _precision_lines(profile)
     lines.append(f"  {summary(profile)}")
-    finite = [float(v) for v in profile.norms if 0 < v < math.inf]
-    span = f"[{min(finite):.2g} .. {max(finite):.2g}]" if finite else ""
-    lines.append(f"  profile (log scale, step 0 -> {profile.seq_len - 1}): {sparkline(profile.norms, 40)} {span}")
+    logs = [float(v) for v in profile.log10_norms if math.isfinite(v)]
+    span = f"[{log10_number(min(logs), 2)} .. {log10_number(max(logs), 2)}]" if logs else ""
+    line = sparkline(profile.log10_norms, 40)
+    lines.append(f"  profile (log scale, step 0 -> {profile.seq_len - 1}): {line} {span}")
     lines += [f"  {line}" for line in advice]
     return "\n".join(lines)
 
@@ -108,6 +108,11 @@ def _precision_lines(profile: GradientProfile) -> list[str]:
     """What exact zeros and subnormal values mean for the numbers: structure, or the dtype's range."""
     zeros, lines = len(profile.underflow_steps), []
     float64 = profile.dtype == "float64"
+    if profile.log10_sample_norms is not None:
+        lines.append(
+            f"  the gradient left {profile.dtype}'s range: it was measured with the backward pass renormalised between "
+            "chunks of the sequence, exact in log10 (profile.log10_norms, profile.log10_ratio)"
+        )
     if zeros and profile.zeros == "structural":
         lines.append(
             f"  {zeros} step(s) get exactly zero gradient because no path reaches them (a receptive field, a mask, "

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from zoo import TCN
+from zoo import TCN, RNNCellLoop, seeded
 
 from pytest_gradhealth import assert_memory_horizon, assert_no_vanishing, probe, reference
 from pytest_gradhealth.errors import GradientHealthError
@@ -76,13 +76,20 @@ def test_structural_zeros_are_not_called_underflow_nor_sent_to_float64():
 
 
 def test_underflow_in_float64_is_not_sent_to_float64_again():
-    message = failure(assert_no_vanishing, reference.rnn(32, 64), 1200, dtype=torch.float64)
+    message = failure(assert_no_vanishing, seeded(RNNCellLoop, 32, 64), 1200, dtype=torch.float64)
     assert "underflowed to exactly zero in float64" in message and "shorten seq_len" in message
     assert "dtype=torch.float64" not in message
 
 
+def test_a_renormalised_profile_says_so_and_shows_the_ratio_below_float64s_range():
+    message = failure(assert_no_vanishing, reference.rnn(32, 64), 1200, dtype=torch.float64)
+    assert "backward pass renormalised" in message and "underflowed" not in message
+    ratio = re.search(r"ratio first/last = (\S+),", message).group(1)
+    assert re.fullmatch(r"\d(\.\d+)?e-3\d\d", ratio), ratio  # about 1e-380: a number, not 0
+
+
 def test_float32_underflow_and_subnormal_steps_point_to_float64():
-    message = failure(assert_no_vanishing, reference.rnn(32, 64), 200)
+    message = failure(assert_no_vanishing, seeded(RNNCellLoop, 32, 64), 200)
     assert "underflowed to exactly zero in float32" in message
     assert "subnormal gradient values in float32" in message
     assert message.count("probe with dtype=torch.float64") == 2

@@ -9,6 +9,7 @@ import pytest
 import torch
 from test_probe_math import positive_inputs, relu_rnn
 from torch import nn
+from zoo import RNNCellLoop, seeded
 
 from pytest_gradhealth import (
     GradientHealthError,
@@ -90,7 +91,7 @@ def test_finite_gradients_names_the_first_bad_step():
 
 def test_underflow_to_zero_is_called_out_with_the_float64_fix():
     with pytest.raises(GradientHealthError, match=r"underflowed to exactly zero in float32.*dtype=torch.float64"):
-        assert_no_vanishing(ref.rnn(8, 32), 400)
+        assert_no_vanishing(seeded(RNNCellLoop, 8, 32), 400)
 
 
 def test_no_worse_than_a_reference_model_or_profile():

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import torch
 from torch import nn
-from zoo import TCN, RNNModel, seeded
+from zoo import TCN, RNNCellLoop, RNNModel, seeded
 
 from pytest_gradhealth import GradientProfile, probe, reference
 
@@ -20,12 +20,14 @@ def test_exact_zeros_beyond_a_convolutions_receptive_field_are_structural():
 
 
 def test_a_float32_gradient_that_decays_through_the_subnormal_range_underflows_and_is_flagged():
-    profile = probe(reference.rnn(4, 64), 200)
-    assert profile.zeros == "underflow"
+    # A cell loop: the probe cannot renormalise it, so the plain pass's underflow stays and is flagged.
+    profile = probe(seeded(RNNCellLoop, 4, 64), 200)
+    assert profile.zeros == "underflow" and profile.log10_sample_norms is None
     zero = profile.steps[profile.norms == 0]
     # The steps just after the last zero hold subnormal entries: the gradient lost precision before it vanished.
     assert zero.max() + 1 in profile.subnormal_steps
-    exact = probe(reference.rnn(4, 64), 200, dtype=torch.float64)
+    assert np.all(profile.log10_norms[zero] == -np.inf)
+    exact = probe(seeded(RNNCellLoop, 4, 64), 200, dtype=torch.float64)
     assert exact.zeros is None and exact.subnormal_steps.size == 0 and (exact.norms > 0).all()
 
 

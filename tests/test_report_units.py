@@ -54,15 +54,18 @@ def test_bad_fail_rules_say_what_is_accepted(text, words):
 
 
 def test_fail_rule_thresholds_are_exclusive_bounds():
-    assert not FailRule("ratio", 10, "x").regressed(1e-3, 1e-4)
-    assert FailRule("ratio", 10, "x").regressed(1e-3, 0.99e-4)
+    # a ratio is compared as its log10 (what METRICS["ratio"].gated reads): a factor of 10 is one decade
+    assert not FailRule("ratio", 10, "x").regressed(math.log10(1e-3), math.log10(1e-4))
+    assert FailRule("ratio", 10, "x").regressed(math.log10(1e-3), math.log10(0.99e-4))
+    assert FailRule("ratio", 10, "x").regressed(-3000.0, -3001.5)  # beyond float64's range too
     assert not FailRule("half_life", 20, "%").regressed(10.0, 8.0)
     assert FailRule("half_life", 20, "%").regressed(10.0, 7.9)
     assert FailRule("half_life", 20, "%").regressed(math.inf, 500.0)
     assert not FailRule("half_life", 20, "%").regressed(math.inf, math.inf)
     assert FailRule("horizon", 5, "").regressed(20, 14)
-    assert FailRule("ratio", 10, "x").regressed(1e-3, math.nan)
-    assert not FailRule("ratio", 10, "x").regressed(math.nan, 1e-9)
+    assert FailRule("ratio", 10, "x").regressed(-3.0, math.nan)
+    assert FailRule("ratio", 10, "x").regressed(-3.0, -math.inf)  # no gradient reaches step 0 any more
+    assert not FailRule("ratio", 10, "x").regressed(math.nan, -9.0)
 
 
 def test_comparison_matches_by_test_and_probe_and_flags_regressions():

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from pytest_gradhealth.engine import guard, kinds
+from pytest_gradhealth.engine import guard, kinds, renormalise
 from pytest_gradhealth.engine.forward import TokenInputsExpected, first_receiver, loss_of, model_name, run_forward
 from pytest_gradhealth.engine.inputs import make_inputs
 from pytest_gradhealth.engine.options import (
@@ -47,7 +47,7 @@ from pytest_gradhealth.errors import (
     InvalidArgumentTypeError,
     ModelInterfaceError,
 )
-from pytest_gradhealth.profile import GradientProfile
+from pytest_gradhealth.profile import GradientProfile, log10_rms
 from pytest_gradhealth.recording import emit
 
 
@@ -202,7 +202,32 @@ def measure_profile(model: nn.Module | Callable[..., Any], options: ProbeOptions
 
 
 def _measure(model: Any, options: ProbeOptions, facts: ModelFacts) -> GradientProfile:
-    """The probe's one pass: guard -> inputs -> tap -> forward -> loss -> gradient -> profile."""
+    """The probe's pass, and where it left the dtype's range, a renormalised one (`renormalise.py`) when the model
+    allows it."""
+    profile, out_of_range = _pass(model, options, facts, None)
+    if not out_of_range or not renormalise.possible(model, options):
+        return profile
+    plain = profile
+    chunk = renormalise.chunk_length(plain.log10_norms, plain.steps, facts.dtype, options.run_len)
+    for _ in range(renormalise.TRIES):
+        renormaliser = renormalise.Renormaliser(chunk, options.run_len, per_sample=options.mode == "eval")
+        try:
+            profile, out_of_range = _pass(model, options, facts, renormaliser)
+        except renormalise.NotRenormalisable:
+            return plain
+        if not renormalise.agrees(plain.log10_norms, profile.log10_norms, plain.norms, facts.dtype):
+            return plain  # some path between the steps bypasses the recurrent states
+        if not out_of_range or chunk == 1:
+            break
+        chunk = max(1, chunk // 2)
+    return profile
+
+
+def _pass(
+    model: Any, options: ProbeOptions, facts: ModelFacts, renormaliser: renormalise.Renormaliser | None
+) -> tuple[GradientProfile, bool]:
+    """One pass: guard -> inputs -> tap -> forward -> loss -> gradient -> profile; and whether its gradient left the
+    dtype's range (underflowed to zero or subnormal values, or overflowed)."""
     window = options.window
     tap: Tap | None = None
     if options.measure in STATE_MEASURES:
@@ -220,6 +245,8 @@ def _measure(model: Any, options: ProbeOptions, facts: ModelFacts) -> GradientPr
             tap = EmbeddingTap(window, batch, model_name(model)) if tokens else InputTap(window)
         with contextlib.ExitStack() as stack:
             x = tap.attach(run_model, x, stack)
+            if renormaliser is not None:
+                renormaliser.attach(run_model, stack)
             watched = run_model if facts.inferred else None  # which module the input reaches, when its size was a guess
             try:
                 with first_receiver(watched, x, _takes_features) as received:
@@ -233,6 +260,15 @@ def _measure(model: Any, options: ProbeOptions, facts: ModelFacts) -> GradientPr
             grads = _gradients(loss, tap.measured(), model)
         result = tap.result(grads)
     norms, sample_norms = batch_rms(result.norms, result.valid)
+    zeros = _zeros(norms, result.subnormal, facts.dtype)
+    out_of_range = renormalise.needed(norms, zeros, result.subnormal)
+    log10_samples = None
+    if renormaliser is not None:  # the pass's norms times known powers of two: take them off in log10
+        with np.errstate(divide="ignore"):
+            logs = np.log10(result.norms) - renormaliser.log10_factors(batch)[:, window.steps]
+        log10_samples = np.where(result.valid, logs, np.nan)
+        sample_norms, norms = 10.0**log10_samples, 10.0 ** log10_rms(log10_samples, result.valid)
+        zeros = "structural" if zeros == "structural" else None
     features = tap.embedding_dim if isinstance(tap, EmbeddingTap) else to_batch_time(x, window.layout).shape[-1]
     return GradientProfile(
         norms=norms,
@@ -254,10 +290,11 @@ def _measure(model: Any, options: ProbeOptions, facts: ModelFacts) -> GradientPr
         versions=_versions(),
         contributions=result.contributions,
         subnormal_steps=None if result.subnormal is None else options.steps[result.subnormal],
-        zeros=_zeros(norms, result.subnormal, facts.dtype),
+        zeros=zeros,
         advice=kinds.advice_for(model),
         warmup=options.warmup,
-    )
+        log10_sample_norms=log10_samples,
+    ), out_of_range
 
 
 # A step next to exact zeros whose norm is below this many times the dtype's smallest normal number is taken to be on
@@ -312,7 +349,7 @@ def _check_layout(model: Any, options: ProbeOptions, profile: GradientProfile) -
     for layout in candidates:
         other = replace(options, layout=layout, batch_first=None)
         try:
-            connected = np.any(_measure(model, other, model_facts(model, other)).norms[:-1] > 0.0)
+            connected = np.any(_pass(model, other, model_facts(model, other), None)[0].norms[:-1] > 0.0)
         except (GradHealthError, _InputSizeFound):  # the model does not run in that layout
             continue
         if connected:

@@ -14,7 +14,7 @@ from torch import nn
 from pytest_gradhealth.engine.options import ProbeOptions
 from pytest_gradhealth.engine.sequences import batch_rms
 from pytest_gradhealth.errors import ModelForwardError
-from pytest_gradhealth.profile import GradientProfile
+from pytest_gradhealth.profile import GradientProfile, log10_rms
 
 Measure = Callable[[Any, ProbeOptions], GradientProfile]
 
@@ -53,6 +53,13 @@ def measure_seeds(model: Any, options: ProbeOptions, measure: Measure) -> Gradie
         profiles.append(measure(drawn, replace(options, seed=seed, seeds=None)))
     samples = np.concatenate([p.sample_norms for p in profiles], axis=0)
     norms, _ = batch_rms(np.nan_to_num(samples, nan=0.0), ~np.isnan(samples))
+    logs = None
+    if any(p.log10_sample_norms is not None for p in profiles):  # some draw was renormalised: pool in log10
+        with np.errstate(divide="ignore"):
+            logs = np.concatenate(
+                [np.log10(p.sample_norms) if p.log10_sample_norms is None else p.log10_sample_norms for p in profiles]
+            )
+        norms = 10.0 ** log10_rms(logs, ~np.isnan(samples))
     first = profiles[0]
     return replace(
         first,
@@ -65,6 +72,7 @@ def measure_seeds(model: Any, options: ProbeOptions, measure: Measure) -> Gradie
         contributions=None,
         subnormal_steps=_union([p.subnormal_steps for p in profiles]),
         zeros=next((p.zeros for p in profiles if p.zeros is not None), None),
+        log10_sample_norms=logs,
     )
 
 

@@ -95,10 +95,10 @@ class Comparison:
         """Change in log10(ratio): -2 means a hundred times less gradient reaches the first step."""
         if self.old is None or self.new is None:
             return math.nan
-        old, new = self.old.profile.ratio, self.new.profile.ratio
-        if not (old > 0 and new > 0):
-            return -math.inf if old > 0 and new == 0 else math.nan
-        return math.log10(new) - math.log10(old)
+        old, new = self.old.profile.log10_ratio, self.new.profile.log10_ratio
+        if not (math.isfinite(old) and math.isfinite(new)):
+            return -math.inf if math.isfinite(old) and new == -math.inf else math.nan
+        return new - old
 
 
 def settings_mismatch(old: GradientProfile, new: GradientProfile) -> list[str]:

@@ -29,7 +29,8 @@ class FailRule:
         return f"{self.metric}:{self.amount:g}{self.unit}"
 
     def regressed(self, old: float, new: float) -> bool:
-        """True when `new` moved further the worse way than the rule allows (a finite value turning NaN does too)."""
+        """True when `new` moved further the worse way than the rule allows (a finite value turning NaN does too).
+        Values as `Metric.gated` reads them: a ratio as its log10."""
         return METRICS[self.metric].regressed(old, new, self.amount, self.unit)
 
     def broken_by(self, old: GradientProfile, new: GradientProfile) -> bool:

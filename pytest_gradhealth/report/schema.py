@@ -140,6 +140,9 @@ def profile(value: Any, where: str) -> None:
         array(integer(0, seq_len - 1))(value["subnormal_steps"], f"{where}.subnormal_steps")
     if value.get("seed_profiles") is not None:
         array(profile, min_length=1)(value["seed_profiles"], f"{where}.seed_profiles")
+    if value.get("log10_sample_norms") is not None:
+        rows = array(array(number, len(steps)), len(value["sample_norms"]))
+        rows(value["log10_sample_norms"], f"{where}.log10_sample_norms")
 
 
 CHECK: dict[str, Validator] = {

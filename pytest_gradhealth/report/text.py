@@ -54,7 +54,7 @@ def render_table(
         if verbosity > 0:
             row += [p.model, p.measure, p.dtype, p.batch_size]
         row += [p.seq_len, *(m.show(p) for m in columns())]
-        row += [paint(record.verdict, record.verdict, color), sparkline(p.norms, 24)]
+        row += [paint(record.verdict, record.verdict, color), sparkline(p.log10_norms, 24)]
         rows.append(dict(zip(headers, row, strict=True)))
     narrow = [h for h in headers[:-1] if h not in {m.label for m in columns() if not m.narrow}]
     layouts = [(True, headers), (True, headers[:-1]), (False, headers[1:]), (False, headers[1:-1])]
@@ -108,7 +108,7 @@ def render_references(references: Sequence[ProbeRecord], *, width: int = 120) ->
         rows.append(
             [f"{p.input_size}->{p.hidden_size}", p.seq_len, printable(record.probe)]
             + [*(m.show(p) for m in columns()), record.verdict]
-            + ([sparkline(p.norms, 24)] if width >= 100 else [])
+            + ([sparkline(p.log10_norms, 24)] if width >= 100 else [])
         )
     headers = ["input->hidden", "seq_len", "reference", *(m.label for m in columns()), "verdict"]
     headers += ["profile"] if width >= 100 else []

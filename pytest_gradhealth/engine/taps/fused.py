@@ -43,6 +43,16 @@ from pytest_gradhealth.errors import ModelInterfaceError
 SPLIT_MIN_WORK = 2**22
 
 
+def layer_weights(module: nn.RNNBase, layer: int) -> list[str]:
+    """The names of one layer's weights in the order `aten.run_layer` takes them."""
+    names = [f"weight_ih_l{layer}", f"weight_hh_l{layer}"]
+    if module.bias:
+        names += [f"bias_ih_l{layer}", f"bias_hh_l{layer}"]
+    if module.mode == "LSTM" and module.proj_size:
+        names.append(f"weight_hr_l{layer}")
+    return names
+
+
 def one_call(module: nn.RNNBase, request: StateRequest, batch_steps_per_chunk: float, cut: bool) -> bool:
     """Whether the measured layer runs in one fused call with a zero recurrent input instead of split in time.
 
@@ -143,14 +153,6 @@ class FusedStatesTap:
         )
         return states
 
-    def _weights(self, layer: int) -> list[str]:
-        names = [f"weight_ih_l{layer}", f"weight_hh_l{layer}"]
-        if self.module.bias:
-            names += [f"bias_ih_l{layer}", f"bias_hh_l{layer}"]
-        if self.lstm and self.module.proj_size:
-            names.append(f"weight_hr_l{layer}")
-        return names
-
     def _run_layer(
         self, layer: int, x: torch.Tensor, state: tuple[torch.Tensor, ...], cuts: list[int], zero_recurrent: bool
     ) -> tuple[torch.Tensor, dict[int, tuple[torch.Tensor, ...]]]:
@@ -158,7 +160,7 @@ class FusedStatesTap:
 
         `zero_recurrent`: the input gets the extra zero input u (`self.recurrent`) through W_hh, for the one-call path.
         """
-        names = self._weights(layer)
+        names = layer_weights(self.module, layer)
         weights = [getattr(self.module, name) for name in names]
         if zero_recurrent:  # a GRU's: the identity, so that dL/du_t is dL/dpre_t of every gate
             gru = self.module.mode == "GRU"

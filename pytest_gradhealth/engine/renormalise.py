@@ -1,0 +1,176 @@
+"""Log-domain profiles: a backward pass rescaled between chunks of the sequence, so that no step underflows.
+
+A tanh RNN's gradient reaching 1000 steps back is about 1e-320 of the last step's: below float32's range from about
+120 steps, below float64's from about 1000. Where the plain pass leaves the dtype's range, the probe runs again with
+every nn.RNN/LSTM/GRU of the model split into chunks of time. The states one chunk hands to the next pass through
+an identity whose backward multiplies each sample's gradient by a power of two that brings it back to [0.5, 1)
+(exact in floating point), and records the exponent. Every path from a step before a chunk boundary to the loss
+crosses the boundary through those states (every layer's, of every such module, with the same factor), so the
+gradient at the step is the true one times the product of the factors of the boundaries after it: its log10 is
+exact however small it is. Per sample in eval mode (samples do not mix); one factor for the batch in train mode,
+where batch statistics can mix them.
+
+Not for a model whose steps meet other than through those states: bidirectional layers, cells called in a loop,
+convolutions or attention over time, modules of the user's own. Such a model keeps its plain profile (with its
+underflow flagged); the renormalised one must also agree with the plain one wherever the latter is in range.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence
+
+from pytest_gradhealth.engine import aten, kinds
+from pytest_gradhealth.engine.options import ProbeOptions
+from pytest_gradhealth.engine.taps.base import stand_in_forward
+from pytest_gradhealth.engine.taps.fused import layer_weights
+
+# Modules whose steps meet other than through a recurrent state: a renormalised pass would scale some paths and not
+# others across a boundary.
+_MIXES_TIME = (nn.Conv1d, nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+# The share of the dtype's range (in decades, from 1 down to its smallest normal number) one chunk may use up.
+_CHUNK_RANGE = 0.5
+TRIES = 4  # chunk lengths tried, halving, while a renormalised pass still leaves the range
+
+
+class NotRenormalisable(Exception):
+    """The model runs a recurrent module in a way the renormalised pass cannot split (a packed or shorter sequence)."""
+
+
+def possible(model: Any, options: ProbeOptions) -> bool:
+    """Whether the model's steps meet only through the states of unidirectional nn.RNN/LSTM/GRU modules."""
+    if not isinstance(model, nn.Module) or options.measure != "input" or options.lengths is not None:
+        return False
+    if options.forward is not None or options.packed:
+        return False
+    sequence = kinds.contained(model, "sequence")
+    others = kinds.contained(model, "cell", "declared")
+    return (
+        bool(sequence)
+        and not others
+        and all(not m.bidirectional for _, m, _ in sequence)
+        and not any(isinstance(m, _MIXES_TIME) for m in model.modules())
+    )
+
+
+def needed(norms: np.ndarray, zeros: str | None, subnormal: np.ndarray | None) -> bool:
+    """Whether a pass left the dtype's range: steps underflowed to zero or subnormal (`subnormal`: a flag per step),
+    or overflowed to inf."""
+    return zeros == "underflow" or (subnormal is not None and bool(subnormal.any())) or bool(np.isposinf(norms).any())
+
+
+def chunk_length(log10_norms: np.ndarray, steps: np.ndarray, dtype: torch.dtype, run_len: int) -> int:
+    """Steps per chunk: what the steepest change per step seen in the plain pass covers in half the range."""
+    decades = _CHUNK_RANGE * -math.log10(torch.finfo(dtype).tiny)
+    ok = np.isfinite(log10_norms)
+    changes = np.abs(np.diff(log10_norms[ok])) / np.maximum(np.diff(steps[ok]), 1)
+    steepest = float(changes.max()) if changes.size else 0.0
+    if steepest <= 0.0:
+        return max(1, min(run_len, 8))
+    return int(max(1, min(run_len, decades // steepest)))
+
+
+def agrees(plain: np.ndarray, renormalised: np.ndarray, plain_norms: np.ndarray, dtype: torch.dtype) -> bool:
+    """Whether the renormalised log10 norms equal the plain ones wherever the plain pass stayed well in range."""
+    in_range = np.isfinite(plain) & (plain_norms > torch.finfo(dtype).tiny * 1e6)
+    tolerance = 1e-9 if dtype == torch.float64 else 1e-3
+    return bool(np.all(np.abs(plain[in_range] - renormalised[in_range]) <= tolerance))
+
+
+class _Rescale(torch.autograd.Function):
+    """The identity on the states at a boundary; backward multiplies each sample's gradient by its power of two."""
+
+    @staticmethod
+    def forward(ctx: Any, renormaliser: Renormaliser, boundary: int, *states: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        ctx.renormaliser, ctx.boundary = renormaliser, boundary
+        return tuple(s.view_as(s) for s in states)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[Any, ...]:
+        exponent = ctx.renormaliser.exponent(ctx.boundary, grads)
+        return (None, None, *(None if g is None else _times_power_of_two(g, exponent) for g in grads))
+
+
+def _times_power_of_two(g: torch.Tensor, exponent: torch.Tensor) -> torch.Tensor:
+    """g * 2**exponent per sample (rows of g), in two halves so that neither factor leaves g's dtype's range."""
+    half = torch.div(exponent, 2, rounding_mode="floor")
+    shape = (-1,) + (1,) * (g.dim() - 1)
+    first, second = (torch.exp2(e.to(g.dtype)).view(shape) for e in (half, exponent - half))
+    return g * first * second
+
+
+class Renormaliser:
+    """Stands in for every nn.RNN/LSTM/GRU's forward for one probe: layers run chunk by chunk, states rescaled."""
+
+    def __init__(self, chunk: int, run_len: int, per_sample: bool) -> None:
+        self.run_len, self.per_sample = run_len, per_sample
+        self.ends = list(range(chunk - 1, run_len - 1, chunk))  # each chunk's last step; the last chunk has none
+        self.exponents: dict[int, torch.Tensor] = {}  # boundary -> the power of two applied to each sample
+
+    def attach(self, model: nn.Module, stack: contextlib.ExitStack) -> None:
+        for _, module, _ in kinds.contained(model, "sequence"):
+            stand_in_forward(module, self._runner(module), stack)
+
+    def exponent(self, boundary: int, grads: tuple[torch.Tensor | None, ...]) -> torch.Tensor:
+        """The power of two for `boundary`, chosen by the first gradient to cross it and used by every later one."""
+        if boundary not in self.exponents:
+            present = [g.detach().abs().amax(dim=-1) for g in grads if g is not None]
+            largest = torch.stack(present).amax(dim=0)
+            if not self.per_sample:
+                largest = largest.amax().expand_as(largest)
+            _, power = torch.frexp(largest)  # largest = m * 2**power, m in [0.5, 1)
+            usable = torch.isfinite(largest) & (largest > 0)
+            self.exponents[boundary] = torch.where(usable, -power, torch.zeros_like(power)).to(torch.int64)
+        return self.exponents[boundary]
+
+    def log10_factors(self, batch: int) -> np.ndarray:
+        """(batch, run_len): log10 of the factor each step's gradient was multiplied by (subtract it)."""
+        log2 = np.zeros((batch, self.run_len))
+        for boundary, end in enumerate(self.ends):
+            exponent = self.exponents.get(boundary)
+            if exponent is not None:  # no gradient crossed it: nothing before it was scaled
+                log2[:, : end + 1] += exponent.cpu().numpy()[:, None]
+        return log2 * math.log10(2.0)
+
+    def _runner(self, module: nn.RNNBase) -> Any:
+        def forward(input: torch.Tensor | PackedSequence, hx: Any = None) -> tuple[Any, Any]:
+            return self._run(module, input, hx)
+
+        return forward
+
+    def _run(self, module: nn.RNNBase, input: Any, hx: Any) -> tuple[Any, Any]:
+        if isinstance(input, PackedSequence) or input.dim() != 3 or (module.training and module.dropout):
+            raise NotRenormalisable(type(module).__name__)
+        x = input.transpose(0, 1) if module.batch_first else input
+        if x.shape[0] != self.run_len:
+            raise NotRenormalisable(f"{type(module).__name__} runs {x.shape[0]} steps")
+        lstm = module.mode == "LSTM"
+        if hx is None:
+            sizes = [module.proj_size or module.hidden_size, module.hidden_size] if lstm else [module.hidden_size]
+            hx = [x.new_zeros(module.num_layers, x.shape[1], size) for size in sizes]
+        elif not lstm:
+            hx = [hx]
+        states = [[h[layer] for h in hx] for layer in range(module.num_layers)]
+        weights = [[getattr(module, n) for n in layer_weights(module, layer)] for layer in range(module.num_layers)]
+        outputs, start = [], 0
+        for boundary, end in enumerate([*self.ends, self.run_len - 1]):
+            y = x[start : end + 1]
+            for layer in range(module.num_layers):
+                state = tuple(s[None] for s in states[layer]) if lstm else states[layer][0][None]
+                y, *final = aten.run_layer(module, y, state, weights[layer])
+                states[layer] = [f[0] for f in final]
+            outputs.append(y)
+            if end < self.run_len - 1:  # hand every layer's states to the next chunk through one rescaling
+                flat = _Rescale.apply(self, boundary, *[s for layer in states for s in layer])
+                k = len(states[0])
+                states = [list(flat[i * k : (i + 1) * k]) for i in range(module.num_layers)]
+            start = end + 1
+        output = torch.cat(outputs)
+        hidden = tuple(torch.stack([layer[k] for layer in states]) for k in range(len(states[0])))
+        return (output.transpose(0, 1) if module.batch_first else output), (hidden if lstm else hidden[0])

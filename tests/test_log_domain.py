@@ -1,0 +1,187 @@
+"""Log-domain profiles: where the plain backward pass leaves the dtype's range, the probe renormalises it between
+chunks of the sequence, and `log10_norms` / `log10_ratio` stay exact however far the gradient falls."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from zoo import RNNCellLoop, seeded
+
+from pytest_gradhealth import GradientProfile, ReportFormatError, probe, reference
+from pytest_gradhealth.engine import probe as engine
+from pytest_gradhealth.engine.options import make_options
+from pytest_gradhealth.engine.renormalise import Renormaliser
+from pytest_gradhealth.metrics import METRICS, log10_number
+from pytest_gradhealth.report.export import build_report, load_report
+from pytest_gradhealth.report.gate import FailRule
+from pytest_gradhealth.report.records import ProbeRecord
+from pytest_gradhealth.report.text import render_table
+
+
+def renormalised(model: nn.Module, seq_len: int, chunk: int, **given) -> GradientProfile:
+    """The probe's pass with the backward renormalised every `chunk` steps, whether or not it needs it."""
+    options = make_options(model, seq_len, given)
+    facts = engine.model_facts(model, options)
+    renormaliser = Renormaliser(chunk, options.run_len, per_sample=options.mode == "eval")
+    return engine._pass(model, options, facts, renormaliser)[0]
+
+
+class Stacked(nn.Module):
+    """Two recurrent modules one after the other, batch-first, behind a token embedding: every boundary is crossed
+    by both modules' states, which must share its factor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(30, 8)
+        self.lstm = nn.LSTM(8, 12, num_layers=2, batch_first=True, proj_size=6)
+        self.gru = nn.GRU(6, 10, batch_first=True)
+        self.head = nn.Linear(10, 3)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.gru(self.lstm(self.embed(tokens))[0])[0])
+
+
+@pytest.mark.parametrize(
+    ("build", "options"),
+    [
+        (lambda: nn.RNN(6, 16), {}),
+        (lambda: nn.LSTM(6, 16, num_layers=2), {}),
+        (lambda: nn.GRU(6, 16, batch_first=True), {}),
+        (lambda: nn.RNN(6, 16, nonlinearity="relu"), {"warmup": 7}),
+        (Stacked, {}),
+        (lambda: nn.LSTM(6, 16), {"checkpoints": 9}),
+    ],
+    ids=["rnn", "lstm-2-layers", "gru-batch-first", "relu-warmup", "stacked-tokens", "checkpoints"],
+)
+@pytest.mark.parametrize("chunk", [1, 7, 40])
+def test_a_renormalised_pass_equals_the_plain_one_in_float64(build, options, chunk):
+    """Powers of two are exact: in float64, where nothing underflows, both passes agree to rounding."""
+    torch.manual_seed(0)
+    model = build().double()
+    plain = probe(model, 60, **options)
+    assert plain.log10_sample_norms is None  # in range: the probe did not renormalise
+    scaled = renormalised(model, 60, chunk, **options)
+    assert scaled.log10_sample_norms is not None
+    np.testing.assert_allclose(scaled.log10_norms, plain.log10_norms, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(scaled.log10_sample_norms, np.log10(plain.sample_norms), rtol=0, atol=1e-12)
+    assert scaled.rate == pytest.approx(plain.rate, rel=1e-12)
+    assert scaled.log10_ratio == pytest.approx(math.log10(plain.ratio), abs=1e-12)
+
+
+def own_renormalised_log10_norms(rnn: nn.RNN, x: torch.Tensor, v: torch.Tensor) -> np.ndarray:
+    """log10 of the RMS over the batch of ||dL/dx_t|| for L = sum_b <v, h_T>, by a hand-written backward pass through
+    the tanh RNN's recorded float32 states, in float64, renormalised at every step."""
+    with torch.no_grad():
+        h = rnn(x)[0].double()  # (seq, batch, hidden)
+    w_ih, w_hh = rnn.weight_ih_l0.detach().double(), rnn.weight_hh_l0.detach().double()
+    delta = v.double().expand(x.shape[1], -1).clone()  # dL/dh_T
+    log_scale = torch.zeros(x.shape[1], dtype=torch.float64)
+    logs = []
+    for t in range(x.shape[0] - 1, -1, -1):
+        pre = delta * (1 - h[t] ** 2)
+        logs.append(torch.log10(torch.linalg.vector_norm(pre @ w_ih, dim=1)) + log_scale)
+        delta = pre @ w_hh
+        size = torch.linalg.vector_norm(delta, dim=1)
+        delta, log_scale = delta / size[:, None], log_scale + torch.log10(size)
+    per_sample = torch.stack(logs[::-1], 1).numpy()  # (batch, seq)
+    top = per_sample.max(0)
+    return top + 0.5 * np.log10(np.mean(10 ** (2 * (per_sample - top)), axis=0))
+
+
+def test_a_float32_tanh_rnn_at_1000_steps_matches_an_own_renormalised_backward_pass():
+    """Held-out check of the issue: within 1e-3 decades at every step, 300+ decades below float32's range."""
+    torch.manual_seed(0)
+    rnn = nn.RNN(32, 64)
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(1000, 8, 32, generator=generator)
+    v = torch.randn(64, generator=generator)
+    profile = probe(rnn, 1000, inputs=x, loss_fn=lambda out: (out[0][-1] * v).sum())
+    truth = own_renormalised_log10_norms(rnn, x, v)
+    assert profile.log10_sample_norms is not None and np.isfinite(profile.log10_norms).all()
+    assert profile.log10_norms[0] < -300  # far below float32's 1e-45 and float64's subnormals
+    np.testing.assert_allclose(profile.log10_norms, truth, rtol=0, atol=1e-3)
+    assert profile.zeros is None and profile.subnormal_steps.size == 0
+
+
+def test_float32_and_float64_probes_of_one_model_agree_in_log10():
+    """The float32 probe renormalises; a float64 probe of the same weights does not need to: both measure one decay."""
+    model = reference.rnn(4, 64)
+    low = probe(model, 200)
+    high = probe(model, 200, dtype=torch.float64)
+    assert low.log10_sample_norms is not None and high.log10_sample_norms is None
+    assert low.log10_norms[0] < -40  # below float32's smallest subnormal
+    np.testing.assert_allclose(low.log10_norms, high.log10_norms, rtol=0, atol=1e-3)
+
+
+def test_a_decay_beyond_float64_is_a_number_in_the_metrics_table_gate_and_json():
+    model = reference.rnn(32, 64).double()
+    profile = probe(model, 2000)
+    assert profile.norms[0] == 0.0 and np.isfinite(profile.log10_norms).all()
+    assert -800 < profile.log10_ratio < -500
+    # rate from the log-domain slope: the per-step factor, as over a range float64 can hold
+    assert profile.rate == pytest.approx(probe(model, 300).rate, rel=0.02)
+    assert profile.ratio == 0.0
+    shown = METRICS["ratio"].show(profile)
+    assert shown == log10_number(profile.log10_ratio) and f"e{math.floor(profile.log10_ratio)}" in shown
+    assert profile.horizon() == probe(model, 300).horizon()
+    restored = GradientProfile.from_dict(json.loads(json.dumps(profile.to_dict())))
+    np.testing.assert_array_equal(restored.log10_norms, profile.log10_norms)
+    assert restored.log10_ratio == profile.log10_ratio
+    # the gate compares log10: 3 decades less is a regression past ratio:10x, beyond float64's range too
+    worse = replace(profile, log10_sample_norms=profile.log10_sample_norms - 3 * (profile.lags > 0))
+    assert worse.log10_ratio == pytest.approx(profile.log10_ratio - 3)
+    assert FailRule("ratio", 10.0, "x").broken_by(profile, worse)
+    assert not FailRule("ratio", 10.0, "x").broken_by(worse, profile)
+
+
+def test_log10_number_writes_figures_outside_float64():
+    assert log10_number(-5000.0) == "1e-5000"
+    assert log10_number(math.log10(3.2) - 5000) == "3.2e-5000"
+    assert log10_number(math.log10(0.0123)) == "0.0123"
+    assert log10_number(-math.inf) == "0" and log10_number(math.nan) == "nan"
+
+
+def test_models_whose_steps_meet_elsewhere_keep_their_plain_flagged_profile():
+    """A cell loop and a bidirectional layer are not renormalised: their underflow stays flagged, never guessed."""
+    loop = probe(seeded(RNNCellLoop, 4, 64), 200)
+    assert loop.log10_sample_norms is None and loop.zeros == "underflow"
+    torch.manual_seed(0)
+    both = probe(nn.RNN(4, 64, bidirectional=True), 300)
+    assert both.log10_sample_norms is None and both.zeros == "underflow"
+
+
+def test_renormalising_keeps_the_guarantees():
+    model = reference.rnn(4, 64)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    forward = model.forward
+    rng = torch.get_rng_state()
+    first, second = probe(model, 300), probe(model, 300)
+    assert first.log10_sample_norms is not None
+    np.testing.assert_array_equal(first.log10_sample_norms, second.log10_sample_norms)  # same seed, same numbers
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    assert torch.equal(rng, torch.get_rng_state())
+    assert all(p.grad is None for p in model.parameters())
+    assert model.forward == forward and "forward" not in model.core.__dict__
+
+
+def test_a_saved_report_keeps_the_log_domain_and_checks_its_shape(tmp_path):
+    profile = probe(reference.rnn(32, 64).double(), 1500)
+    records = [ProbeRecord("t.py::deep", "rnn", profile, "vanishing")]
+    data = json.loads(json.dumps(build_report(records, [], {"min_ratio": 1e-3, "max_ratio": 1e3}, Path("."))))
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(data))
+    loaded = load_report(path).records[0].profile
+    assert loaded.log10_ratio == profile.log10_ratio < -400
+    table = "\n".join(render_table(load_report(path).records))
+    assert METRICS["ratio"].show(profile) in table
+    data["probes"][0]["profile"]["log10_sample_norms"] = data["probes"][0]["profile"]["log10_sample_norms"][1:]
+    path.write_text(json.dumps(data))
+    with pytest.raises(ReportFormatError, match="log10_sample_norms"):
+        load_report(path)
