@@ -376,7 +376,7 @@ class GradientProfile:
             else np.asarray(data["subnormal_steps"], dtype=np.int64),
             zeros=data.get("zeros"),
             advice=data.get("advice"),
-            warmup=int(data.get("warmup", 0)),
+            warmup=int(data.get("warmup") or 0),  # null: saved before warm-ups existed
             seeds=data.get("seeds"),
             seed_profiles=None
             if data.get("seed_profiles") is None
