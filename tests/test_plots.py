@@ -222,6 +222,28 @@ def test_an_lstms_hidden_and_cell_state_of_one_test_share_a_figure(tmp_path):
     assert "gradient norm (log scale)" in text
 
 
+def test_a_log_domain_profile_is_drawn_down_to_float64s_range_and_marked_beyond():
+    """A renormalised profile 600 decades deep: the overview draws it relative to its last step from its log10 (to
+    1e-300, where plain norms would long be 0), and steps past float64's range are marked, not called zero."""
+    log10 = np.log10(LAST) - 2.0 * np.arange(299, -1, -1.0)
+    samples = np.vstack([log10 - 0.3, log10, log10 + 0.3])
+    profile = GradientProfile(
+        norms=10.0**log10, sample_norms=10.0**samples, seq_len=300, log10_sample_norms=samples, dtype="float32"
+    )
+    rec = ProbeRecord("t.py::test_deep", "deep", profile, "vanishing")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        figure = plots.probe_figure([rec])
+        overview = plots.overview_figure([rec])
+    beyond = [x for x, _ in by_gid(figure, "beyond-0").get_offsets()]
+    assert beyond == list(np.flatnonzero((profile.norms == 0) & np.isfinite(profile.log10_norms)))
+    assert not [a for a in figure.axes[0].get_children() if a.get_gid() == "underflow-0"]
+    drawn = by_gid(overview, "overview-0").get_ydata()
+    relative = 10.0 ** (profile.log10_norms - profile.log10_norms[-1])
+    np.testing.assert_allclose(drawn[relative > 0], relative[relative > 0], rtol=1e-12)
+    assert 0 < np.nanmin(drawn) < 1e-300
+
+
 def test_the_overview_shows_each_probe_relative_to_its_last_step_against_the_lag():
     records = [record(seq_len=10), record(test="t.py::test_long", rate=0.5, seq_len=30)]
     figure = plots.overview_figure(records)

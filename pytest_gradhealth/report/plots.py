@@ -244,7 +244,7 @@ def probe_figure(records: Sequence[ProbeRecord], references: Sequence[ProbeRecor
             **_markers(p),
         )
         _bounds(ax, record, colour, i)
-        _mark_unplottable(ax, p.steps, p.norms, colour, f"{i}")
+        _mark_unplottable(ax, p.steps, p.norms, p.log10_norms, colour, f"{i}")
         if _relative(p) is None:
             continue  # nothing for a reference to meet at the last step
         matching = (r for r in references if reference_key(r.profile) == reference_key(p))
@@ -356,7 +356,7 @@ def _overview_line(ax: Axes, record: ProbeRecord, label: str, gid: str, style: d
         ax.plot([], [], label=_shorten(label), gid=gid, **style)
         return
     ax.plot(p.lags, _drawable(relative), label=_shorten(label), gid=gid, **{**_markers(p), **style})
-    _mark_unplottable(ax, p.lags, p.norms, style["color"], gid)
+    _mark_unplottable(ax, p.lags, relative, p.log10_norms, style["color"], gid)
 
 
 # -- shared pieces -------------------------------------------------------------------------------------------
@@ -373,9 +373,10 @@ def _measure_note(p: GradientProfile) -> str:
 
 
 def _relative(p: GradientProfile) -> np.ndarray | None:
-    """The norms over the last step's norm, or None when that is zero or not finite."""
-    last = float(p.norms[-1])
-    return p.norms / last if np.isfinite(last) and last > 0 else None
+    """The norms over the last step's norm (from their log10, so a float32 model's 1e-300 is drawn), or None when that
+    is zero or not finite."""
+    last = float(p.log10_norms[-1])
+    return 10.0 ** (p.log10_norms - last) if np.isfinite(last) else None
 
 
 def _drawable(values: np.ndarray) -> np.ndarray:
@@ -389,13 +390,15 @@ def _markers(p: GradientProfile) -> dict[str, Any]:
     return {"marker": "o", "ms": 3} if sparse else {}
 
 
-def _mark_unplottable(ax: Axes, x: np.ndarray, values: np.ndarray, colour: str, gid: str) -> None:
-    """Steps whose norm is exactly zero (triangles at the bottom) or NaN/Inf (crosses at the top): a log axis has no
-    place for them, and they must not look like a gap in the measurement."""
+def _mark_unplottable(ax: Axes, x: np.ndarray, values: np.ndarray, log10: np.ndarray, colour: str, gid: str) -> None:
+    """Steps whose drawn `values` a log axis has no place for: exactly zero, or a gradient below float64's range that
+    only its `log10` holds (triangles at the bottom), NaN/Inf (crosses at the top); they must not look like a gap in
+    the measurement."""
     at_x = ax.get_xaxis_transform()  # x in data, y as a fraction of the axes
     for name, where, y, marker, label in (
-        ("underflow", values == 0, 0.02, "v", "exactly 0 (underflow, or no path): below the axis"),
-        ("nonfinite", ~np.isfinite(values), 0.98, "X", "NaN or Inf"),
+        ("underflow", log10 == -np.inf, 0.02, "v", "exactly 0 (underflow, or no path): below the axis"),
+        ("beyond", np.isfinite(log10) & (values == 0), 0.02, "^", "below float64's range (profile.log10_norms)"),
+        ("nonfinite", np.isnan(log10) | (log10 == np.inf), 0.98, "X", "NaN or Inf"),
     ):
         if where.any():
             shown = label not in [artist.get_label() for artist in ax.get_children()]
