@@ -38,6 +38,7 @@ from pytest_gradhealth.engine.sequences import (
 )
 from pytest_gradhealth.engine.taps.base import Tap
 from pytest_gradhealth.engine.taps.embedding import EmbeddingTap
+from pytest_gradhealth.engine.taps.fused import FusedStatesTap
 from pytest_gradhealth.engine.taps.inputs import InputTap
 from pytest_gradhealth.engine.target import state_tap
 from pytest_gradhealth.errors import (
@@ -246,7 +247,10 @@ def _pass(
         with contextlib.ExitStack() as stack:
             x = tap.attach(run_model, x, stack)
             if renormaliser is not None:
-                renormaliser.attach(run_model, stack)
+                measured = tap.module if isinstance(tap, FusedStatesTap) else None
+                if isinstance(tap, FusedStatesTap):
+                    tap.renormaliser = renormaliser
+                renormaliser.attach(run_model, stack, measured)
             watched = run_model if facts.inferred else None  # which module the input reaches, when its size was a guess
             try:
                 with first_receiver(watched, x, _takes_features) as received:

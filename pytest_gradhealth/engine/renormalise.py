@@ -10,8 +10,10 @@ gradient at the step is the true one times the product of the factors of the bou
 exact however small it is. Per sample in eval mode (samples do not mix); one factor for the batch in train mode,
 where batch statistics can mix them.
 
-Not for a model whose steps meet other than through those states: bidirectional layers, cells called in a loop,
-convolutions or attention over time, modules of the user's own. Such a model keeps its plain profile (with its
+A state measure's module is run by its tap (split at every measured step), which hands its states on through the same
+rescaling. Not for a model whose steps meet other than through those states: bidirectional layers, cells called in a
+loop, convolutions or attention over time, modules of the user's own; nor for weight contributions, which sum over
+steps. Such a model keeps its plain profile (with its
 underflow flagged); the renormalised one must also agree with the plain one wherever the latter is in range.
 """
 
@@ -44,8 +46,9 @@ class NotRenormalisable(Exception):
 
 
 def possible(model: Any, options: ProbeOptions) -> bool:
-    """Whether the model's steps meet only through the states of unidirectional nn.RNN/LSTM/GRU modules."""
-    if not isinstance(model, nn.Module) or options.measure != "input" or options.lengths is not None:
+    """Whether the model's steps meet only through the states of unidirectional nn.RNN/LSTM/GRU modules (whose own
+    states a state measure may read, without weight contributions, which sum over the steps)."""
+    if not isinstance(model, nn.Module) or options.lengths is not None or options.contributions:
         return False
     if options.forward is not None or options.packed:
         return False
@@ -111,11 +114,20 @@ class Renormaliser:
     def __init__(self, chunk: int, run_len: int, per_sample: bool) -> None:
         self.run_len, self.per_sample = run_len, per_sample
         self.ends = list(range(chunk - 1, run_len - 1, chunk))  # each chunk's last step; the last chunk has none
+        self._boundaries = {end: boundary for boundary, end in enumerate(self.ends)}
         self.exponents: dict[int, torch.Tensor] = {}  # boundary -> the power of two applied to each sample
 
-    def attach(self, model: nn.Module, stack: contextlib.ExitStack) -> None:
+    def attach(self, model: nn.Module, stack: contextlib.ExitStack, measured: nn.Module | None = None) -> None:
+        """Stand in for every nn.RNN/LSTM/GRU of `model` but the `measured` one (a state tap runs it, and hands its
+        states on through `carry`)."""
         for _, module, _ in kinds.contained(model, "sequence"):
-            stand_in_forward(module, self._runner(module), stack)
+            if module is not measured:
+                stand_in_forward(module, self._runner(module), stack)
+
+    def carry(self, end: int, states: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """The states after step `end` as the next step receives them: rescaled where `end` ends a chunk."""
+        boundary = self._boundaries.get(end)
+        return states if boundary is None else _Rescale.apply(self, boundary, *states)
 
     def exponent(self, boundary: int, grads: tuple[torch.Tensor | None, ...]) -> torch.Tensor:
         """The power of two for `boundary`, chosen by the first gradient to cross it and used by every later one."""
@@ -159,17 +171,17 @@ class Renormaliser:
         states = [[h[layer] for h in hx] for layer in range(module.num_layers)]
         weights = [[getattr(module, n) for n in layer_weights(module, layer)] for layer in range(module.num_layers)]
         outputs, start = [], 0
-        for boundary, end in enumerate([*self.ends, self.run_len - 1]):
+        for end in [*self.ends, self.run_len - 1]:
             y = x[start : end + 1]
             for layer in range(module.num_layers):
                 state = tuple(s[None] for s in states[layer]) if lstm else states[layer][0][None]
                 y, *final = aten.run_layer(module, y, state, weights[layer])
                 states[layer] = [f[0] for f in final]
             outputs.append(y)
-            if end < self.run_len - 1:  # hand every layer's states to the next chunk through one rescaling
-                flat = _Rescale.apply(self, boundary, *[s for layer in states for s in layer])
-                k = len(states[0])
-                states = [list(flat[i * k : (i + 1) * k]) for i in range(module.num_layers)]
+            # every layer's states go on to the next chunk through one rescaling
+            flat = self.carry(end, tuple(s for layer in states for s in layer))
+            k = len(states[0])
+            states = [list(flat[i * k : (i + 1) * k]) for i in range(module.num_layers)]
             start = end + 1
         output = torch.cat(outputs)
         hidden = tuple(torch.stack([layer[k] for layer in states]) for k in range(len(states[0])))

@@ -22,7 +22,7 @@ For the probe's one forward pass the module's forward is replaced by the same co
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,6 +34,9 @@ from pytest_gradhealth.engine.sequences import Window, measured_at
 from pytest_gradhealth.engine.taps import lstm, scans
 from pytest_gradhealth.engine.taps.base import StateRequest, TapResult, stacked_norms, stand_in_forward
 from pytest_gradhealth.errors import ModelInterfaceError
+
+if TYPE_CHECKING:
+    from pytest_gradhealth.engine.renormalise import Renormaliser
 
 # Which way a fused layer is measured, where both can. The split path pays a fixed cost per call of the fused kernel
 # (on CPU about 0.35 ms forward and backward for an LSTM); the one-call path a fused pass about 1.3 to 1.5 times as
@@ -80,6 +83,7 @@ class FusedStatesTap:
         self.aliases: dict[str, list[torch.Tensor]] = {}
         self.inputs = self.outputs = self.initial = self.initial_cell = torch.empty(0)  # initial: h_0, c_0
         self.layer_output = self.recurrent = torch.empty(0)  # the one-call path's measured tensors: output and u
+        self.renormaliser: Renormaliser | None = None  # set for a renormalised pass: split, states handed on rescaled
 
     def attach(self, model: Any, x: torch.Tensor, stack: contextlib.ExitStack) -> torch.Tensor:
         if self.path is not None:  # the same module in `model`, which may be a converted copy of the user's
@@ -113,10 +117,10 @@ class FusedStatesTap:
                 f"{self.window.seq_len}; the measured states must be the probe's timesteps"
             )
         initial = self._initial_states(x, hx)
-        unmeasured = {x.shape[0] - 1, *last, *self.aliased}
+        unmeasured = {x.shape[0] - 1, *last, *self.aliased, *(self.renormaliser.ends if self.renormaliser else ())}
         split = sorted({*unmeasured, *self.measured_at})
         work = x.shape[0] * x.shape[1] / len(split)
-        self.one_call = one_call(module, self.request, work, len(unmeasured) > 1)
+        self.one_call = self.renormaliser is None and one_call(module, self.request, work, len(unmeasured) > 1)
         finals = []
         for layer in range(module.num_layers):
             measured = layer == self.layer
@@ -182,10 +186,10 @@ class FusedStatesTap:
                         self.aliases.setdefault(names[i], []).append(used[i])
                 hx = tuple(s[None] for s in state) if self.lstm else state[0][None]
                 out, *final = aten.run_layer(self.module, x[first : last + 1], hx, used)
-                state = tuple(f[0] for f in final)
-                states[last] = state
+                states[last] = tuple(f[0] for f in final)
                 # The state is the output at the chunk's last step too: one tensor, as in an unrolled loop.
-                pieces += [out[:-1], state[0][None]]
+                pieces += [out[:-1], states[last][0][None]]
+                state = states[last] if self.renormaliser is None else self.renormaliser.carry(last, states[last])
             start = end + 1
         return torch.cat(pieces), states
 
