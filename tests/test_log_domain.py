@@ -220,3 +220,20 @@ def test_a_saved_report_keeps_the_log_domain_and_checks_its_shape(tmp_path):
     path.write_text(json.dumps(data))
     with pytest.raises(ReportFormatError, match="log10_sample_norms"):
         load_report(path)
+
+
+class Bypassing(nn.Module):
+    """Runs its nn.RNN through the class's forward, never the instance's: no stand-in can see the steps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.RNN(4, 64, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.RNN.forward(self.rnn, x)[0]
+
+
+def test_a_model_whose_recurrence_bypasses_the_renormalised_pass_keeps_its_flagged_profile():
+    torch.manual_seed(0)
+    profile = probe(Bypassing(), 300)
+    assert profile.log10_sample_norms is None and profile.zeros == "underflow"

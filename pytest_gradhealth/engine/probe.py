@@ -260,6 +260,8 @@ def _pass(
                     tap.measured()  # the error that says no lookup read the probe's tokens
                 _raise_if_another_input_size(received, facts, exc)
                 raise
+            if renormaliser is not None and not renormaliser.ran(tap):
+                raise renormalise.NotRenormalisable("no recurrent module ran through the renormalised pass")
             loss = loss_of(output, options, generator, batch)
             grads = _gradients(loss, tap.measured(), model)
         result = tap.result(grads)
@@ -272,7 +274,6 @@ def _pass(
             logs = np.log10(result.norms) - renormaliser.log10_factors(batch)[:, window.steps]
         log10_samples = np.where(result.valid, logs, np.nan)
         sample_norms, norms = 10.0**log10_samples, 10.0 ** log10_rms(log10_samples, result.valid)
-        zeros = "structural" if zeros == "structural" else None
     features = tap.embedding_dim if isinstance(tap, EmbeddingTap) else to_batch_time(x, window.layout).shape[-1]
     return GradientProfile(
         norms=norms,

@@ -115,6 +115,7 @@ class Renormaliser:
         self.run_len, self.per_sample = run_len, per_sample
         self.ends = list(range(chunk - 1, run_len - 1, chunk))  # each chunk's last step; the last chunk has none
         self._boundaries = {end: boundary for boundary, end in enumerate(self.ends)}
+        self.calls = 0  # modules run through `carry` in the forward pass
         self.exponents: dict[int, torch.Tensor] = {}  # boundary -> the power of two applied to each sample
 
     def attach(self, model: nn.Module, stack: contextlib.ExitStack, measured: nn.Module | None = None) -> None:
@@ -123,6 +124,10 @@ class Renormaliser:
         for _, module, _ in kinds.contained(model, "sequence"):
             if module is not measured:
                 stand_in_forward(module, self._runner(module), stack)
+
+    def ran(self, tap: Any) -> bool:
+        """Whether the forward pass went through the chunks (a model may call a module's class forward directly)."""
+        return self.calls > 0 or (getattr(tap, "renormaliser", None) is self and getattr(tap, "calls", 0) > 0)
 
     def carry(self, end: int, states: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         """The states after step `end` as the next step receives them: rescaled where `end` ends a chunk."""
@@ -162,6 +167,7 @@ class Renormaliser:
         x = input.transpose(0, 1) if module.batch_first else input
         if x.shape[0] != self.run_len:
             raise NotRenormalisable(f"{type(module).__name__} runs {x.shape[0]} steps")
+        self.calls += 1
         lstm = module.mode == "LSTM"
         if hx is None:
             sizes = [module.proj_size or module.hidden_size, module.hidden_size] if lstm else [module.hidden_size]
