@@ -237,3 +237,18 @@ def test_a_model_whose_recurrence_bypasses_the_renormalised_pass_keeps_its_flagg
     torch.manual_seed(0)
     profile = probe(Bypassing(), 300)
     assert profile.log10_sample_norms is None and profile.zeros == "underflow"
+
+
+def test_a_gradient_that_explodes_past_float32s_largest_number_is_measured_not_nan():
+    """h_t = relu(1.5 h_{t-1} + W x_t) with positive inputs: the gradient grows exactly 1.5x per step back, past
+    float32's 3.4e38 (the plain pass reads Inf and NaN) to 1.5**299 = 4.5e52."""
+    torch.manual_seed(0)
+    rnn = nn.RNN(4, 16, nonlinearity="relu", bias=False)
+    with torch.no_grad():
+        rnn.weight_hh_l0.copy_(1.5 * torch.eye(16))
+        rnn.weight_ih_l0.abs_()
+    x = torch.rand(300, 8, 4, generator=torch.Generator().manual_seed(0))
+    profile = probe(rnn, 300, inputs=x)
+    assert profile.finite and profile.log10_sample_norms is not None
+    assert profile.log10_ratio == pytest.approx(299 * math.log10(1.5), abs=1e-4)
+    assert profile.rate == pytest.approx(1.5, rel=1e-6)

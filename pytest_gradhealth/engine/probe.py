@@ -218,7 +218,7 @@ def _measure(model: Any, options: ProbeOptions, facts: ModelFacts) -> GradientPr
             return plain
         if not renormalise.agrees(plain.log10_norms, profile.log10_norms, plain.norms, facts.dtype):
             return plain  # some path between the steps bypasses the recurrent states
-        if not out_of_range or chunk == 1:
+        if not out_of_range or chunk == 1 or np.isnan(profile.log10_norms).any():  # shorter chunks cannot fix a NaN
             break
         chunk = max(1, chunk // 2)
     return profile

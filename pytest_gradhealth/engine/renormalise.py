@@ -63,9 +63,10 @@ def possible(model: Any, options: ProbeOptions) -> bool:
 
 
 def needed(norms: np.ndarray, zeros: str | None, subnormal: np.ndarray | None) -> bool:
-    """Whether a pass left the dtype's range: steps underflowed to zero or subnormal (`subnormal`: a flag per step),
-    or overflowed to inf."""
-    return zeros == "underflow" or (subnormal is not None and bool(subnormal.any())) or bool(np.isposinf(norms).any())
+    """Whether a pass may have left the dtype's range: steps underflowed to zero or subnormal (`subnormal`: a flag per
+    step), or not finite (an overflow to inf, and the NaN of inf times a zero derivative; a NaN of the model's own
+    stays NaN when renormalised)."""
+    return zeros == "underflow" or (subnormal is not None and bool(subnormal.any())) or not np.isfinite(norms).all()
 
 
 def chunk_length(log10_norms: np.ndarray, steps: np.ndarray, dtype: torch.dtype, run_len: int) -> int:
