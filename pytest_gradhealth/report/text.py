@@ -16,7 +16,14 @@ from pytest_gradhealth.report.records import ProbeRecord, worst_first
 from pytest_gradhealth.verdicts import VERDICTS, sparkline
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_COLOURS = {"ok": "32", "vanishing": "31", "exploding": "31", "non-finite": "31;1", "disconnected": "33"}
+_COLOURS = {
+    "ok": "32",
+    "vanishing": "31",
+    "exploding": "31",
+    "non-finite": "31;1",
+    "disconnected": "33",
+    "uncertain": "35",
+}
 
 
 def paint(text: str, verdict: str, color: bool) -> str:
