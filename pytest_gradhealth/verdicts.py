@@ -7,6 +7,8 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from pytest_gradhealth.intervals import Interval, median_interval
 from pytest_gradhealth.metrics import METRICS, log10_number, peak_ratio, summary
 
@@ -150,6 +152,7 @@ def failure_message(
         )
     else:
         lines += _precision_lines(profile)
+    lines += transient_lines(profile)
     lines.append(f"  {summary(profile)}")
     logs = [float(v) for v in profile.log10_norms if math.isfinite(v)]
     span = f"[{log10_number(min(logs), 2)} .. {log10_number(max(logs), 2)}]" if logs else ""
@@ -157,6 +160,20 @@ def failure_message(
     lines.append(f"  profile (log scale, step 0 -> {profile.seq_len - 1}): {line} {span}")
     lines += [f"  {line}" for line in advice]
     return "\n".join(lines)
+
+
+def transient_lines(profile: GradientProfile) -> list[str]:
+    """Where the profile is U-shaped by its start from a zero state (`profile.transient`): how much, and `warmup=`."""
+    if not profile.transient:
+        return []
+    logs = np.where(np.isfinite(profile.log10_norms), profile.log10_norms, np.inf)
+    lowest = 1 + int(np.argmin(logs[1:]))
+    rise = 10.0 ** (logs[0] - logs[lowest])
+    return [
+        f"  transient: the profile is U-shaped, step {int(profile.steps[0])}'s gradient is {rise:.3g}x the smallest "
+        f"(step {int(profile.steps[lowest])}): the start from a zero state, not the stationary decay, which ratio, "
+        f"rate and half-life mix in; probe with warmup= (e.g. warmup={profile.seq_len}) to measure past it"
+    ]
 
 
 def _precision_lines(profile: GradientProfile) -> list[str]:
