@@ -233,7 +233,9 @@ class GradientProfile:
         dynamics' leading one. Without a warm-up the last quarter is left out too, where the start from a zero state
         bends the profile; probe with `warmup=` for the stationary figure. A mean of logs, not the log of the RMS,
         so it estimates the largest Lyapunov exponent of the backward Jacobian products, not a moment of them.
-        NaN with fewer than two steps where every sample's norm is finite and positive. With seeds, the median.
+        NaN with fewer than two steps in that part where every sample's norm is finite and positive: `checkpoints=2`
+        measures only lags 0 and seq_len - 1, and lag 0 is in the first quarter. With seeds, the median (NaN when a
+        seed's is).
         """
         if (median := self._median(lambda p: p.lyapunov)) is not None:
             return median
