@@ -127,9 +127,12 @@ def failure_message(
     below which the profile counts as vanished (None when the check has none), `advice` the closing lines
     ("measured fix: ...", "hint: ...").
     """
+    seed = f"seed={profile.seed}"
+    if profile.seeds and profile.seed is not None:
+        seed = f"seeds {profile.seed}..{profile.seed + profile.seeds - 1}"
     lines = [
         f"{assertion}: gradient {verdict} in {profile.model} at seq_len={profile.seq_len} "
-        f"(measure={profile.measure}, batch={profile.batch_size}, seed={profile.seed}, dtype={profile.dtype})"
+        f"(measure={profile.measure}, batch={profile.batch_size}, {seed}, dtype={profile.dtype})"
     ]
     if verdict == "non-finite":
         bad = profile.nonfinite_steps
