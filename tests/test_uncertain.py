@@ -149,3 +149,22 @@ def test_the_same_lstm_clearly_passes_at_100_steps_and_clearly_fails_at_200(forg
     longer = probe(forget_bias_2, 200, seeds=8)
     assert longer.interval("ratio").high < 2e-4
     assert NoVanishing(min_ratio=1e-3).verdict(longer) == "vanishing"
+
+
+def test_a_suite_fails_the_uncertain_test_and_reports_it_as_its_own_verdict(pytester, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    pytester.makepyfile(
+        test_suite="""
+from pytest_gradhealth import reference
+
+
+def test_near_the_bound(gradhealth):
+    gradhealth.assert_no_vanishing(reference.lstm(32, 64, forget_bias=2), 150, min_ratio=1e-3, seeds=8)
+"""
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", "--gradhealth", "--gradhealth-json=report.json")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*UncertainVerdictError*", "gradhealth: 1 probe: 1 uncertain"])
+    report = json.loads((pytester.path / "report.json").read_text())
+    assert [p["verdict"] for p in report["probes"]] == ["uncertain"]
+    assert report["probes"][0]["check"]["verdict"] == "uncertain"
