@@ -3,6 +3,7 @@ equal the one-seed-at-a-time ones, and whatever cannot be batched runs one seed 
 
 from __future__ import annotations
 
+import math
 from unittest import mock
 
 import numpy as np
@@ -131,3 +132,13 @@ def test_a_model_whose_output_rows_are_not_the_batch_gives_way_to_one_seed_passe
 
     with pytest.raises(Exception, match="rows at its last step but the batch has"):
         measured(Pooled(), 6, seeds=2)
+
+
+def test_a_seed_with_nan_gradients_makes_the_pooled_profile_non_finite():
+    def inputs(batch, steps, generator):  # seed 1's draw is NaN: its gradient is NaN at every step
+        x = torch.randn(batch, steps, 3, generator=generator)
+        return x * math.nan if generator.initial_seed() == 1 else x
+
+    pooled = probe(reference.rnn(3, 4), 6, seeds=3, input_fn=inputs)
+    assert [p.finite for p in pooled.seed_profiles] == [True, False, True]
+    assert not pooled.finite and np.isnan(pooled.norms).all()
