@@ -430,7 +430,34 @@ def cuda_rows(sizes: Sizes) -> Iterator[Row]:
     yield from state_rows(sizes, "cuda")
 
 
-SECTIONS = (probe_rows, state_rows, check_rows, startup_rows, memory_rows, scaling_rows, cuda_rows)
+def seeds_rows(sizes: Sizes) -> Iterator[Row]:
+    """8. seeds=8 on a module (the seeds' inputs batched into one pass) against one probe, and the loop of eight
+    one-seed probes it replaces, for information."""
+    hidden, seq_len = sizes.small
+    model = build("nn.LSTM", sizes, hidden)
+    one = partial(probe, model, seq_len, batch_size=sizes.batch)
+    ratio, base = paired(partial(probe, model, seq_len, batch_size=sizes.batch, seeds=8), one, sizes)
+    yield ratio_row(
+        8,
+        "probe(seeds=8), one batched pass, nn.LSTM",
+        size_label(hidden, seq_len),
+        f"one probe, {ms(base)}",
+        ratio,
+        3.5,
+    )
+    loop = lambda: [probe(model, seq_len, batch_size=sizes.batch, seed=seed) for seed in range(8)]  # noqa: E731
+    ratio, base = paired(loop, one, sizes)
+    yield ratio_row(
+        8,
+        "eight one-seed probes in a loop, nn.LSTM",
+        size_label(hidden, seq_len),
+        f"one probe, {ms(base)}",
+        ratio,
+        None,
+    )
+
+
+SECTIONS = (probe_rows, state_rows, check_rows, startup_rows, memory_rows, scaling_rows, cuda_rows, seeds_rows)
 
 
 # -- the report --------------------------------------------------------------------------------------
@@ -448,7 +475,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes and single repeats: a smoke run")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
-    parser.add_argument("--rows", default="1,2,3,4,5,6,7", help="the groups of rows to run, e.g. 1,6")
+    parser.add_argument("--rows", default="1,2,3,4,5,6,7,8", help="the groups of rows to run, e.g. 1,6")
     args = parser.parse_args()
     groups = {int(group) for group in args.rows.split(",")}
     sizes = QUICK if args.quick else DEFAULT

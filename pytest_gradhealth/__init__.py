@@ -17,6 +17,7 @@ from pytest_gradhealth.errors import (
     ModelForwardError,
     ModelInterfaceError,
     ReportFormatError,
+    UncertainVerdictError,
 )
 
 __version__ = "0.1.1"
@@ -66,6 +67,7 @@ __all__ = [  # the errors imported above, then the lazy names
     "ModelForwardError",
     "ModelInterfaceError",
     "ReportFormatError",
+    "UncertainVerdictError",
     "__version__",
     *_MODULE_OF,
 ]

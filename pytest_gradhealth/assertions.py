@@ -22,6 +22,7 @@ from pytest_gradhealth.errors import (
     GradientHealthError,
     InvalidArgumentError,
     InvalidArgumentTypeError,
+    UncertainVerdictError,
 )
 from pytest_gradhealth.probing import make_options, measure_profile, run_probe
 from pytest_gradhealth.profile import GradientProfile
@@ -91,7 +92,8 @@ def assert_no_worse_than(
 
 
 def run_check(model: Any, seq_len: int, options: dict[str, Any], check: Check) -> GradientProfile:
-    """Probe `model`, record the profile with `check`'s verdict, and raise `GradientHealthError` unless it is ok."""
+    """Probe `model`, record the profile with `check`'s verdict, and raise `GradientHealthError` unless it is ok
+    (`UncertainVerdictError`, a subclass, when seeds=N leave the verdict undecided)."""
     __tracebackhide__ = True
     check.fits(seq_len)
     record: dict[str, Any] = {}
@@ -110,6 +112,8 @@ def run_check(model: Any, seq_len: int, options: dict[str, Any], check: Check) -
         return record
 
     profile = run_probe(model, make_options(model, seq_len, options), judged)
+    if record["verdict"] == "uncertain":
+        raise UncertainVerdictError(record["message"])
     if record["verdict"] != "ok":
         raise GradientHealthError(record["message"])
     return profile
@@ -153,6 +157,11 @@ def hint(profile: GradientProfile, verdict: str) -> str:
         return (
             "the recurrent Jacobian's norm exceeds one: scale down weight_hh (orthogonal init with gain < 1, "
             "spectral normalisation), clip gradients in training, or use a gated cell"
+        )
+    if verdict == "uncertain":
+        return (
+            "some draws pass and some fail: add seeds (the estimate above), or test a seq_len or threshold the model "
+            "clears by a margin; a model this close to the bound may pass or fail after any neutral change"
         )
     if verdict == "disconnected":
         return "the output does not depend on the input: look for .detach(), torch.no_grad() or a zeroed mask"

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pytest_gradhealth.errors import InvalidArgumentError, InvalidArgumentTypeError
-from pytest_gradhealth.metrics import METRICS
-from pytest_gradhealth.verdicts import failure_message
+from pytest_gradhealth.metrics import METRICS, log10_number
+from pytest_gradhealth.verdicts import failure_message, finite, interval_lines, log10_peak, settle
 
 if TYPE_CHECKING:
     from pytest_gradhealth.profile import GradientProfile
@@ -45,10 +45,26 @@ def threshold(label: str, value: Any, lower: float = 0.0, upper: float | None = 
 
 
 @dataclass(frozen=True)
+class Scale:
+    """How a check judges per-seed figures with seeds=N: `value` of each seed's profile against `bound`, failing where
+    `fails` holds (monotone), shown by `show`; `figure` and `label` name the figure and the threshold in messages."""
+
+    figure: str
+    value: Callable[[GradientProfile], float]
+    bound: float
+    fails: Callable[[float], bool]
+    show: Callable[[float], str]
+    label: str
+
+
+@dataclass(frozen=True)
 class Check:
-    """The base of every check: its verdict is non-finite whenever a gradient is NaN/Inf, else `_verdict`'s."""
+    """The base of every check: its verdict is non-finite whenever a gradient is NaN/Inf, else `_verdict`'s; with
+    seeds=N, the verdict on the interval of the per-seed figures (`scale`): `failing` when the whole interval fails,
+    ok when it all passes, "uncertain" when it straddles the threshold."""
 
     assertion: ClassVar[str]
+    failing: ClassVar[str] = "ok"  # the verdict when the figure fails its threshold
     floor: ClassVar[str | None] = None  # the threshold below which the profile counts as vanished
     limits: ClassVar[dict[str, dict[str, float]]] = {}  # threshold -> the bounds `threshold()` checks it against
     line: ClassVar[tuple[str, str, str] | None] = None  # a plot's bound: (threshold, line style, words for its value)
@@ -61,10 +77,28 @@ class Check:
         """Raise `InvalidArgumentError` when the check can never pass at `seq_len`."""
 
     def verdict(self, profile: GradientProfile) -> str:
-        return "non-finite" if not profile.finite else self._verdict(profile)
+        if not finite(profile):
+            return "non-finite"
+        scale = self.scale()
+        if not profile.seed_profiles or scale is None:
+            return self._verdict(profile)
+        outcome, _ = settle([scale.value(p) for p in profile.seed_profiles], scale.fails)
+        return {"fail": self.failing, "ok": "ok"}.get(outcome, "uncertain")
 
     def _verdict(self, profile: GradientProfile) -> str:
         return "ok"
+
+    def scale(self) -> Scale | None:
+        """What seeds=N judge; None when the check has no threshold (a NaN in any seed fails it)."""
+        return None
+
+    def _interval_lines(self, profile: GradientProfile) -> list[str]:
+        """With seeds=N: the interval of the judged figure against the threshold, for a failure message."""
+        scale = self.scale()
+        if not profile.seed_profiles or scale is None:
+            return []
+        outcome, interval = settle([scale.value(p) for p in profile.seed_profiles], scale.fails)
+        return interval_lines(outcome, scale.figure, interval, scale.bound, scale.label, scale.show)
 
     def explain(self, profile: GradientProfile) -> list[str]:
         """The figure against its bound, for a failure message."""
@@ -89,9 +123,8 @@ class Check:
         result: dict[str, Any] = {"assertion": self.assertion, "verdict": verdict, "thresholds": self.thresholds()}
         if verdict != "ok":
             floor = None if self.floor is None else float(getattr(self, self.floor))
-            result["message"] = failure_message(
-                self.assertion, verdict, profile, self.explain(profile), floor, advice(verdict)
-            )
+            explanation = self.explain(profile) + self._interval_lines(profile)
+            result["message"] = failure_message(self.assertion, verdict, profile, explanation, floor, advice(verdict))
         return result
 
 
@@ -100,6 +133,7 @@ class NoVanishing(Check):
     """The earliest step keeps at least `min_ratio` of the last step's gradient."""
 
     assertion: ClassVar[str] = "assert_no_vanishing"
+    failing: ClassVar[str] = "vanishing"
     floor: ClassVar[str | None] = "min_ratio"
     limits: ClassVar[dict[str, dict[str, float]]] = {"min_ratio": {}}
     line: ClassVar[tuple[str, str, str] | None] = (
@@ -114,6 +148,12 @@ class NoVanishing(Check):
 
     def explain(self, profile: GradientProfile) -> list[str]:
         return [f"  {METRICS['ratio'].sentence(profile)}, required >= {self.min_ratio:.3g} ({self._why()})"]
+
+    def scale(self) -> Scale:
+        bound = math.log10(self.min_ratio)
+        return Scale(
+            "ratio first/last", lambda p: p.log10_ratio, bound, lambda v: not v >= bound, log10_number, self._why()
+        )
 
     def _why(self) -> str:
         return "min_ratio"
@@ -138,6 +178,7 @@ class NoExploding(Check):
     """No step's gradient norm exceeds `max_ratio` times the last step's."""
 
     assertion: ClassVar[str] = "assert_no_exploding"
+    failing: ClassVar[str] = "exploding"
     limits: ClassVar[dict[str, dict[str, float]]] = {"max_ratio": {}}
     line: ClassVar[tuple[str, str, str] | None] = ("max_ratio", "-.", "no step may exceed {:.3g} × the last step")
     max_ratio: float = 1e3
@@ -149,6 +190,10 @@ class NoExploding(Check):
         step = int(profile.steps[int(profile.norms.argmax())])
         figure = METRICS["peak_ratio"].sentence(profile)
         return [f"  {figure}, allowed <= {self.max_ratio:.3g} (max_ratio); peak at step {step}"]
+
+    def scale(self) -> Scale:
+        bound = math.log10(self.max_ratio)
+        return Scale("largest norm / last step's", log10_peak, bound, lambda v: v > bound, log10_number, "max_ratio")
 
 
 @dataclass(frozen=True)
@@ -163,6 +208,7 @@ class MemoryHorizon(Check):
     """The gradient stays at or above `threshold` x the last step's for at least `min_steps` steps back."""
 
     assertion: ClassVar[str] = "assert_memory_horizon"
+    failing: ClassVar[str] = "vanishing"
     floor: ClassVar[str | None] = "threshold"
     limits: ClassVar[dict[str, dict[str, float]]] = {"threshold": {"upper": 1.0}}
     min_steps: int = 1
@@ -188,6 +234,16 @@ class MemoryHorizon(Check):
             f"  horizon({self.threshold:g}) = {profile.horizon(self.threshold)} steps, "
             f"required >= {self.min_steps} (min_steps)"
         ]
+
+    def scale(self) -> Scale:
+        return Scale(
+            f"horizon({self.threshold:g})",
+            lambda p: p.horizon(self.threshold),
+            self.min_steps,
+            lambda v: v < self.min_steps,
+            lambda v: f"{v:g}",
+            "min_steps",
+        )
 
     def bounds(self, profile: GradientProfile) -> list[Bound]:
         start = profile.seq_len - 1 - self.min_steps

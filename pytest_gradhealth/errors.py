@@ -42,3 +42,9 @@ class ReportFormatError(GradHealthError, ValueError):
 
 class GradientHealthError(GradHealthError, AssertionError):
     """A gradient-health assertion failed: the model's gradient flow is outside the asked bounds."""
+
+
+class UncertainVerdictError(GradientHealthError):
+    """With `seeds=N`, the confidence interval of the checked figure straddles the threshold: some draws pass and
+    some fail, so the data cannot say which side the model is on. An AssertionError like any failed check: an
+    undecided verdict never passes a test; catch this class to tell it from a settled failure."""

@@ -17,6 +17,8 @@ SCHEMA_VERSION = 1
 _MAX_LOG = math.log(sys.float_info.max)
 _LN10 = math.log(10.0)
 
+TRANSIENT_RISE = 2.0  # `transient`: step 0 at least this many times the minimum (default RNN/LSTM/GRU read 1.0)
+
 _FLOAT_ENCODING = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
@@ -231,7 +233,9 @@ class GradientProfile:
         dynamics' leading one. Without a warm-up the last quarter is left out too, where the start from a zero state
         bends the profile; probe with `warmup=` for the stationary figure. A mean of logs, not the log of the RMS,
         so it estimates the largest Lyapunov exponent of the backward Jacobian products, not a moment of them.
-        NaN with fewer than two steps where every sample's norm is finite and positive. With seeds, the median.
+        NaN with fewer than two steps in that part where every sample's norm is finite and positive: `checkpoints=2`
+        measures only lags 0 and seq_len - 1, and lag 0 is in the first quarter. With seeds, the median (NaN when a
+        seed's is).
         """
         if (median := self._median(lambda p: p.lyapunov)) is not None:
             return median
@@ -245,6 +249,16 @@ class GradientProfile:
             return math.nan
         mean_log = np.nanmean(logs[:, usable], axis=0)
         return _slope(lags[usable].astype(np.float64), mean_log)
+
+    @property
+    def transient(self) -> bool:
+        """Whether the profile is U-shaped by a start-up transient: no warm-up, and the earliest step's norm at least
+        `TRANSIENT_RISE` times the smallest later one. Every probe starts from a zero state, and the gradient that
+        reaches the first steps can rise again above the stationary decay (an LSTM with forget-gate bias 3 at 100
+        steps: 2.1x); `ratio`, `rate` and `half_life` then mix the start-up in. `warmup=` measures past it."""
+        logs = self._log10_norms
+        later = logs[1:][np.isfinite(logs[1:])]
+        return self.warmup == 0 and later.size > 0 and bool(logs[0] - later.min() >= math.log10(TRANSIENT_RISE))
 
     @property
     def half_life(self) -> float:

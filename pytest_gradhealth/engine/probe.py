@@ -115,7 +115,9 @@ def run_probe(
     """
     try:
         profile = (
-            measure_profile(model, options) if options.seeds is None else measure_seeds(model, options, measure_profile)
+            measure_profile(model, options)
+            if options.seeds is None
+            else measure_seeds(model, options, measure_profile, draw_inputs)
         )
     except DisconnectedGradientError as exc:
         if exc.profile is not None:
@@ -237,9 +239,7 @@ def _pass(
         )
     with guard.guarded(model, options.mode, facts.device, options.seed) as guarded:
         run_model = guard.converted(guarded, facts.dtype, facts.device, facts.model_dtype, facts.model_device)
-        generator = torch.Generator(device="cpu").manual_seed(options.seed)
-        sampled = facts.model_dtype if isinstance(model, nn.Module) else facts.dtype  # a plain callable has none
-        x = make_inputs(options, generator, facts.vocab_size, facts.input_size, facts.dtype, facts.device, sampled)
+        x, generator = _draw(model, options, facts)
         batch = x.shape[window.batch_axis]
         tokens = not x.is_floating_point()
         if tap is None:
@@ -300,6 +300,22 @@ def _pass(
         warmup=options.warmup,
         log10_sample_norms=log10_samples,
     ), out_of_range
+
+
+def _draw(model: Any, options: ProbeOptions, facts: ModelFacts) -> tuple[torch.Tensor, torch.Generator]:
+    """The pass's inputs, and its generator, whose next draw is the default loss's v."""
+    generator = torch.Generator(device="cpu").manual_seed(options.seed)
+    sampled = facts.model_dtype if isinstance(model, nn.Module) else facts.dtype  # a plain callable has none
+    x = make_inputs(options, generator, facts.vocab_size, facts.input_size, facts.dtype, facts.device, sampled)
+    return x, generator
+
+
+def draw_inputs(model: Any, options: ProbeOptions) -> tuple[torch.Tensor, torch.Generator]:
+    """The inputs a pass of `model` with `options` draws, and its generator after them, as the pass draws them (under
+    the guard: an input_fn that reads the global RNG gets it seeded, and leaves it as it was)."""
+    facts = model_facts(model, options)
+    with guard.guarded(model, options.mode, facts.device, options.seed):
+        return _draw(model, options, facts)
 
 
 # A step next to exact zeros whose norm is below this many times the dtype's smallest normal number is taken to be on

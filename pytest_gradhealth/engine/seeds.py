@@ -1,4 +1,12 @@
-"""`seeds=N`: N independent draws of the probe (inputs and v, and with a model factory the model), pooled."""
+"""`seeds=N`: N independent draws of the probe (inputs and v, and with a model factory the model), pooled.
+
+Where the rows of a batch cannot interact, the N draws run as one pass: every seed's inputs side by side in one batch,
+each seed's own v in the loss on its rows, the result split back by seed. That holds for an nn.Module (not a factory:
+each draw is another model) in eval mode (train mode's batch statistics and dropout draws depend on the batch), with
+inputs drawn or from input_fn, the default loss, no lengths=, forward= or contributions= (a share of the weights'
+gradient summed over the batch). A model whose own forward mixes the rows of a batch in eval mode would be misread;
+every other case, and any batched pass that fails or leaves the dtype's range, runs the seeds one after another.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +19,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from pytest_gradhealth.engine.forward import _first_tensor, loss_of
 from pytest_gradhealth.engine.options import ProbeOptions
-from pytest_gradhealth.engine.sequences import batch_rms
-from pytest_gradhealth.errors import ModelForwardError
+from pytest_gradhealth.engine.sequences import BATCH_FEATURE_TIME, TIME_BATCH_FEATURE, batch_rms
+from pytest_gradhealth.errors import GradHealthError, ModelForwardError, ModelInterfaceError
 from pytest_gradhealth.profile import GradientProfile, log10_rms
 
 Measure = Callable[[Any, ProbeOptions], GradientProfile]
+Draw = Callable[[Any, ProbeOptions], tuple[torch.Tensor, torch.Generator]]
 
 
 def is_factory(model: Any) -> bool:
@@ -43,14 +53,17 @@ def build(factory: Callable[[], Any], seed: int) -> Any:
     return model
 
 
-def measure_seeds(model: Any, options: ProbeOptions, measure: Measure) -> GradientProfile:
-    """Measure seeds seed .. seed+N-1 one after another (a fresh model per seed when `model` is a factory) and pool
-    them: the samples of every draw side by side, their RMS as the norms, each draw's profile kept."""
-    factory = is_factory(model)
-    profiles = []
-    for seed in range(options.seed, options.seed + options.seeds):  # type: ignore[operator]
-        drawn = build(model, seed) if factory else model
-        profiles.append(measure(drawn, replace(options, seed=seed, seeds=None)))
+def measure_seeds(model: Any, options: ProbeOptions, measure: Measure, draw: Draw) -> GradientProfile:
+    """Measure seeds seed .. seed+N-1, in one batched pass where the rows cannot interact (see the module's doc), else
+    one after another (a fresh model per seed when `model` is a factory), and pool them: the samples of every draw
+    side by side, their RMS as the norms, each draw's profile kept."""
+    profiles = batched(model, options, measure, draw) if batchable(model, options) else None
+    if profiles is None:
+        factory = is_factory(model)
+        profiles = []
+        for seed in range(options.seed, options.seed + options.seeds):  # type: ignore[operator]
+            drawn = build(model, seed) if factory else model
+            profiles.append(measure(drawn, replace(options, seed=seed, seeds=None)))
     samples = np.concatenate([p.sample_norms for p in profiles], axis=0)
     norms, _ = batch_rms(np.nan_to_num(samples, nan=0.0), ~np.isnan(samples))
     logs = None
@@ -60,6 +73,8 @@ def measure_seeds(model: Any, options: ProbeOptions, measure: Measure) -> Gradie
                 [np.log10(p.sample_norms) if p.log10_sample_norms is None else p.log10_sample_norms for p in profiles]
             )
         norms = 10.0 ** log10_rms(logs, ~np.isnan(samples))
+    bad = ~np.isfinite(np.stack([p.norms for p in profiles])).all(axis=0)
+    norms = np.where(bad, np.nan, norms)  # a NaN or inf draw is not hidden in the pool (its samples read as padding)
     first = profiles[0]
     return replace(
         first,
@@ -74,6 +89,70 @@ def measure_seeds(model: Any, options: ProbeOptions, measure: Measure) -> Gradie
         zeros=next((p.zeros for p in profiles if p.zeros is not None), None),
         log10_sample_norms=logs,
     )
+
+
+def batchable(model: Any, options: ProbeOptions) -> bool:
+    """Whether the seeds can run as one batch: the rows of the batch cannot interact (see the module's doc)."""
+    return (
+        isinstance(model, nn.Module)
+        and options.mode == "eval"
+        and options.inputs is None
+        and options.loss_fn is None
+        and options.lengths is None
+        and options.forward is None
+        and not options.contributions
+    )
+
+
+def batched(model: Any, options: ProbeOptions, measure: Measure, draw: Draw) -> list[GradientProfile] | None:
+    """The seeds' profiles from one pass over every seed's inputs side by side, each seed's v on its rows; None when
+    the pass fails or leaves the dtype's range (exact zeros, subnormal values, NaN/inf, a renormalised pass), which
+    the one-seed passes report as they should."""
+    seeds = range(options.seed, options.seed + options.seeds)  # type: ignore[operator]
+    axis = options.window.batch_axis
+    try:
+        drawn = [draw(model, replace(options, seed=seed, seeds=None)) for seed in seeds]
+        rows = drawn[0][0].shape[axis]
+        generators = [generator for _, generator in drawn]
+
+        def loss(output: Any) -> torch.Tensor:
+            y, y_axis = _by_rows(_first_tensor(output), options, rows * len(generators))
+            return sum(  # type: ignore[return-value]
+                loss_of(y.narrow(y_axis, i * rows, rows), options, generator, rows)
+                for i, generator in enumerate(generators)
+            )
+
+        x = torch.cat([x for x, _ in drawn], dim=axis)
+        one = replace(options, seeds=None, inputs=x, input_fn=None, batch_size=None, loss_fn=loss)
+        pooled = measure(model, one)
+    except GradHealthError:
+        return None
+    samples = pooled.sample_norms
+    out_of_range = pooled.log10_sample_norms is not None or (
+        pooled.subnormal_steps is not None and pooled.subnormal_steps.size
+    )
+    if out_of_range or not (np.isfinite(samples).all() and (samples > 0).all()):
+        return None
+    profiles = []
+    for i, seed in enumerate(seeds):
+        own = samples[i * rows : (i + 1) * rows]
+        norms, _ = batch_rms(own, np.ones_like(own, dtype=bool))
+        profiles.append(replace(pooled, norms=norms, sample_norms=own, batch_size=rows, seed=seed, contributions=None))
+    return profiles
+
+
+def _by_rows(y: Any, options: ProbeOptions, total: int) -> tuple[torch.Tensor, int]:
+    """The output with its `total` rows on one axis, and that axis: (batch, features), the model's layout, or
+    logits flattened to (time * batch, vocab) unflattened; otherwise an error (the one-seed passes say why)."""
+    if not isinstance(y, torch.Tensor) or y.dim() < 2:
+        raise ModelInterfaceError("the output is not a tensor with a batch axis")
+    if y.dim() == 2 and y.shape[0] == options.run_len * total and options.layout != BATCH_FEATURE_TIME:
+        time_first = options.layout == TIME_BATCH_FEATURE
+        y = y.reshape(*((options.run_len, total) if time_first else (total, options.run_len)), -1)
+    axis = 0 if y.dim() == 2 else options.window.batch_axis
+    if y.shape[axis] != total:
+        raise ModelInterfaceError("the output's rows are not the batch's")
+    return y, axis
 
 
 def _union(steps: list[np.ndarray | None]) -> np.ndarray | None:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pytest_gradhealth.metrics import columns
 from pytest_gradhealth.report.baseline import STATUSES, Comparison
 from pytest_gradhealth.report.records import ProbeRecord, worst_first
-from pytest_gradhealth.report.text import gate_lines, printable, status_text, summary_line
+from pytest_gradhealth.report.text import gate_lines, printable, status_text, summary_line, transient_note
 
 
 def cell(text: object) -> str:
@@ -47,7 +47,8 @@ def render_markdown(
         [r.test, r.probe, str(r.profile.seq_len), *(m.show(r.profile) for m in columns()), r.verdict]
         for r in worst_first(list(records))
     ]
-    return [*lines, "### Probes", "", *_table(headers, body)]
+    note = [f"*{cell(line)}*" for line in transient_note(records)]
+    return [*lines, "### Probes", "", *_table(headers, body), *(["", *note] if note else [])]
 
 
 def _comparison(rows: Sequence[Comparison]) -> list[str]:

@@ -11,12 +11,20 @@ from typing import Any
 from tabulate import tabulate
 
 from pytest_gradhealth.metrics import Metric, columns, gated, number
+from pytest_gradhealth.profile import TRANSIENT_RISE
 from pytest_gradhealth.report.baseline import STATUSES, Comparison
 from pytest_gradhealth.report.records import ProbeRecord, worst_first
 from pytest_gradhealth.verdicts import VERDICTS, sparkline
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_COLOURS = {"ok": "32", "vanishing": "31", "exploding": "31", "non-finite": "31;1", "disconnected": "33"}
+_COLOURS = {
+    "ok": "32",
+    "vanishing": "31",
+    "exploding": "31",
+    "non-finite": "31;1",
+    "disconnected": "33",
+    "uncertain": "35",
+}
 
 
 def paint(text: str, verdict: str, color: bool) -> str:
@@ -66,7 +74,19 @@ def render_table(
     dropped = [h for h in headers if h not in shown_columns and h != "test"]
     if dropped and verbosity == 0:
         table.append(f"(left out to fit {width} columns: {', '.join(dropped)}; -v shows every column)")
-    return [*lines, *table]
+    return [*lines, *table, *transient_note(shown)]
+
+
+def transient_note(records: Sequence[ProbeRecord]) -> list[str]:
+    """A line naming the probes whose profile is U-shaped by the start from a zero state (`profile.transient`)."""
+    found = [r for r in records if r.profile.transient]
+    if not found:
+        return []
+    names = ", ".join(printable(r.key) for r in found[:3]) + (", ..." if len(found) > 3 else "")
+    return [
+        f"transient: {len(found)} probe(s) U-shaped by the start from a zero state (step 0 >= {TRANSIENT_RISE:g}x the "
+        f"smallest norm after it; ratio, rate and half-life mix it in): {names}; probe with warmup= to measure past it"
+    ]
 
 
 def _table(rows: list[dict], columns: list[str], grouped: bool) -> list[str]:
