@@ -39,6 +39,18 @@ def sigmoid(x: torch.Tensor) -> np.ndarray:
     return torch.sigmoid(x.detach().double()).numpy()
 
 
+class CellLoop(nn.Module):
+    def __init__(self, input_size: int = 4, hidden_size: int = 8) -> None:
+        super().__init__()
+        self.cell = nn.LSTMCell(input_size, hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = c = x.new_zeros(x.shape[0], self.cell.hidden_size)
+        for t in range(x.shape[1]):
+            h, c = self.cell(x[:, t], (h, c))
+        return h
+
+
 def test_an_lstm_with_constant_gates_has_the_exact_timescale_of_each_unit(state_guard):
     lstm = nn.LSTM(6, 12, batch_first=True).double()
     constant_gates(lstm, (0, 1, 3))  # i, f, o constant; the candidate g still reads the input
@@ -60,18 +72,7 @@ def test_a_gru_with_a_constant_update_gate_has_the_exact_timescale_of_each_unit(
 
 
 def test_a_loop_over_an_lstm_cell_is_read_one_call_per_step():
-    class Loop(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.cell = nn.LSTMCell(4, 8)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            h = c = x.new_zeros(x.shape[0], 8)
-            for t in range(x.shape[1]):
-                h, c = self.cell(x[:, t], (h, c))
-            return h
-
-    model = Loop().double()
+    model = CellLoop().double()
     constant_gates(model.cell, (0, 1, 3))
     (layer,) = diagnose(model, 12, what_ifs=False).layers
     assert layer.kind == "LSTMCell" and layer.path == "cell"
@@ -109,10 +110,88 @@ def test_the_mean_field_factor_of_a_tanh_rnn_matches_its_measured_rate():
 def test_the_replayed_trajectory_is_the_modules_own(module):
     module = module.double()
     x = torch.randn(7, 3, 4, dtype=torch.float64)
-    replay = _replay(module, {"LSTM": "LSTM", "GRU": "GRU"}.get(module.mode, "RNN"), x, None, torch.ones(7, 3) > 0)
+    replay, _ = _replay(module, {"LSTM": "LSTM", "GRU": "GRU"}.get(module.mode, "RNN"), x, None, torch.ones(7, 3) > 0)
     top = module.num_layers - 1
     directions = [replay[(top, d)]["h"] for d in range(2 if module.bidirectional else 1)]
     torch.testing.assert_close(torch.cat(directions, dim=-1), module(x)[0], rtol=1e-12, atol=1e-12)
+
+
+def brute_force_paths(cell: nn.LSTMCell, x: torch.Tensor, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Per step boundary t, <G_cell(t), G> / ||G||^2 and <G_hidden(t), G> / ||G||^2 on an unrolled LSTMCell loop:
+    G = dL/dx_0 for L = sum over the batch of <v, h_last>; G_cell(t) the same with h_{t-1} detached where step t reads
+    it (only the cell state crosses boundary t), G_hidden(t) with c_{t-1} detached. Checks G_cell + G_hidden = G."""
+    v = torch.randn(cell.hidden_size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    v = v / v.norm()
+
+    def gradient(boundary: int | None = None, block: str = "") -> torch.Tensor:
+        inputs = x.clone().requires_grad_(True)
+        h = c = x.new_zeros(x.shape[1], cell.hidden_size)
+        for t in range(x.shape[0]):
+            if t == boundary:
+                h, c = (h.detach(), c) if block == "h" else (h, c.detach())
+            h, c = cell(inputs[t], (h, c))
+        return torch.autograd.grad((h @ v).sum(), inputs)[0][0]
+
+    g = gradient()
+    shares = []
+    for t in range(1, x.shape[0]):
+        through_cell, through_hidden = gradient(t, "h"), gradient(t, "c")
+        torch.testing.assert_close(through_cell + through_hidden, g, rtol=1e-12, atol=1e-300)
+        shares.append([float((part * g).sum() / (g * g).sum()) for part in (through_cell, through_hidden)])
+    return np.array(shares)[:, 0], np.array(shares)[:, 1]
+
+
+def lstm_cell_of(lstm: nn.LSTM, suffix: str = "_l0") -> nn.LSTMCell:
+    cell = nn.LSTMCell(lstm.input_size, lstm.hidden_size).double()
+    with torch.no_grad():
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(cell, name).copy_(getattr(lstm, name + suffix))
+    return cell
+
+
+def test_the_cell_share_is_the_brute_force_split_of_the_gradient_at_each_step_boundary():
+    lstm = nn.LSTM(5, 7, batch_first=True, bidirectional=True).double()
+    x = torch.randn(3, 12, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    forward, reverse = diagnose(lstm, 12, inputs=x, what_ifs=False).layers
+    for layer, suffix, sequence in ((forward, "_l0", x), (reverse, "_l0_reverse", x.flip(1))):
+        cell, hidden = brute_force_paths(lstm_cell_of(lstm, suffix), sequence.transpose(0, 1))
+        assert layer.cell_share == pytest.approx(cell.mean(), rel=1e-9)
+        assert 0 < layer.cell_share < 1 and (cell + hidden) == pytest.approx(1, rel=1e-9)
+
+
+def test_the_cell_share_of_a_loop_over_an_lstm_cell_is_the_brute_force_split():
+    model = CellLoop().double()
+    x = torch.randn(2, 9, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    (layer,) = diagnose(model, 9, inputs=x, what_ifs=False).layers
+    assert layer.cell_share == pytest.approx(brute_force_paths(model.cell, x.transpose(0, 1))[0].mean(), rel=1e-9)
+
+
+def test_with_weight_hh_zero_the_whole_gradient_crosses_through_the_cell_state():
+    lstm = nn.LSTM(4, 8, batch_first=True, num_layers=2)
+    with torch.no_grad():
+        lstm.weight_hh_l0.zero_()
+        lstm.weight_hh_l1.zero_()
+    shares = [layer.cell_share for layer in diagnose(lstm, 30, what_ifs=False).layers]
+    assert shares == [1.0, 1.0]  # h_{t-1} is read by nothing: the hidden path's part is exactly zero
+
+
+def test_with_the_forget_gate_shut_the_whole_gradient_crosses_through_the_hidden_state():
+    lstm = nn.LSTM(4, 8, batch_first=True)
+    with torch.no_grad():
+        lstm.bias_ih_l0[8:16] = -30  # f = sigmoid(-30 + small) ~ 1e-13: c_{t-1} reaches c_t scaled by 1e-13
+    (layer,) = diagnose(lstm, 30, what_ifs=False).layers
+    assert abs(layer.cell_share) < 1e-10
+    assert "through the hidden state" in "\n".join(layer.lines(30))
+
+
+def test_a_loop_whose_calls_do_not_chain_gets_no_cell_share_and_says_why():
+    class TwoSequences(CellLoop):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return super().forward(x) + super().forward(x.flip(1))  # two chains through one cell
+
+    (layer,) = diagnose(TwoSequences(), 6, what_ifs=False).layers
+    assert layer.cell_share is None and "do not form one chain" in layer.note
+    assert diagnose(CellLoop(), 6, what_ifs=False).layers[0].cell_share is not None  # float32 calls chain
 
 
 def test_what_ifs_equal_separately_modified_and_probed_copies(state_guard):
