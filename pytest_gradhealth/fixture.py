@@ -27,6 +27,8 @@ def _forward(function: Callable[..., GradientProfile], bound: str | None = None)
         given.setdefault("seq_len", self.settings.seq_len)
         if bound is not None:
             given.setdefault(bound, getattr(self.settings, bound))
+        if "explain" in named:
+            given.setdefault("explain", self.settings.explain)
         missing = [name for name in named if name not in given and signature.parameters[name].default is _EMPTY]
         if missing:
             raise InvalidArgumentError(f"{function.__name__} needs {missing[0]}=, {_NEEDS.get(missing[0], 'a value')}")
