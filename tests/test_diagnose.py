@@ -194,22 +194,36 @@ def test_a_loop_whose_calls_do_not_chain_gets_no_cell_share_and_says_why():
     assert diagnose(CellLoop(), 6, what_ifs=False).layers[0].cell_share is not None  # float32 calls chain
 
 
-def test_what_ifs_equal_separately_modified_and_probed_copies(state_guard):
-    lstm = state_guard(nn.LSTM(8, 16, batch_first=True))
-    d = diagnose(lstm, 40)
-    changes = [w.change for w in d.what_ifs]
-    assert changes == [
-        "forget-gate bias +1",
-        "forget-gate bias +2",
-        "forget-gate bias +3",
-        "chrono initialisation (T_max=40)",
-        "orthogonal weight_hh",
-    ]
-    by_hand = copy.deepcopy(lstm)
+def by_hand(model: nn.Module, change: str, seq_len: int) -> nn.Module:
+    """A copy of an nn.LSTM/GRU with `change` written out from its definition (biases by gate block: LSTM i, f, g, o;
+    GRU r, z, n), the random draws from the probe's seed (0) as the remedy documents them."""
+    changed = copy.deepcopy(model)
+    h, generator = model.hidden_size, torch.Generator().manual_seed(0)
     with torch.no_grad():
-        by_hand.bias_ih_l0[16:32] += 2
-    np.testing.assert_array_equal(d.what_ifs[1].profile.norms, probe(by_hand, 40).norms)
-    np.testing.assert_array_equal(d.profile.norms, probe(lstm, 40).norms)
+        if change.startswith(("forget-gate bias +", "update-gate bias +")):
+            changed.bias_ih_l0[h : 2 * h] += int(change[-1])
+        elif change.startswith("chrono"):
+            forget = torch.log(1 + (seq_len - 2) * torch.rand(h, generator=generator, dtype=torch.float64))
+            changed.bias_ih_l0[h : 2 * h], changed.bias_ih_l0[:h] = forget, -forget
+            changed.bias_hh_l0[: 2 * h] = 0
+        else:
+            for block in changed.weight_hh_l0.split(h):
+                q, r = torch.linalg.qr(torch.randn(h, h, generator=generator, dtype=torch.float64))
+                block.copy_(q * torch.sign(torch.diagonal(r)))
+    return changed
+
+
+@pytest.mark.parametrize("module", [nn.LSTM(8, 16, batch_first=True), nn.GRU(8, 16, batch_first=True)], ids=str)
+def test_each_what_if_equals_a_separately_modified_and_probed_copy(state_guard, module):
+    state_guard(module)
+    d = diagnose(module, 40)
+    gate = "forget" if isinstance(module, nn.LSTM) else "update"
+    changes = [f"{gate}-gate bias +{k}" for k in (1, 2, 3)]
+    changes += ["chrono initialisation (T_max=40)"] if isinstance(module, nn.LSTM) else []
+    assert [w.change for w in d.what_ifs] == [*changes, "orthogonal weight_hh"]
+    for what_if in d.what_ifs:
+        np.testing.assert_array_equal(what_if.profile.norms, probe(by_hand(module, what_if.change, 40), 40).norms)
+    np.testing.assert_array_equal(d.profile.norms, probe(module, 40).norms)
 
 
 def test_chrono_initialisation_spreads_the_timescales_over_one_to_t_max():
@@ -225,6 +239,17 @@ def test_chrono_initialisation_spreads_the_timescales_over_one_to_t_max():
     (layer,) = diagnose(changed, 50, what_ifs=False).layers
     np.testing.assert_allclose(layer.timescales, -1 / np.log((u / (1 + u)).numpy()), rtol=1e-10)
     assert layer.timescales.min() >= 1 / math.log(2) - 1e-9 and layer.timescales.max() <= 49
+
+
+def test_chrono_draws_its_forget_biases_log_uniform_over_one_to_t_max_minus_one():
+    lstm = nn.LSTM(1, 4096)
+    with torch.no_grad():
+        _chrono(50)(lstm, torch.Generator().manual_seed(0))
+    u = np.sort(np.exp(lstm.bias_ih_l0[4096:8192].detach().double().numpy()))
+    uniform = (u - 1) / 48  # U(1, 49) -> U(0, 1)
+    ranks = np.arange(1, len(u) + 1) / len(u)
+    # Kolmogorov-Smirnov distance to U(1, 49): below 1.95 / sqrt(n), the 0.1% critical value, for this fixed seed
+    assert np.max(np.maximum(ranks - uniform, uniform - (ranks - 1 / len(u)))) < 1.95 / math.sqrt(len(u))
 
 
 def test_the_fix_is_the_first_remedy_that_passes():
