@@ -92,8 +92,8 @@ class LayerDiagnosis:
             )
         if self.cell_share is not None:
             out.append(
-                f"  gradient to the first step, per step crossed: {self.cell_share:.1%} through the cell state "
-                f"(forget gates), {1 - self.cell_share:.1%} through the hidden state (weight_hh)"
+                f"  gradient crossing each step: {self.cell_share:.1%} through the cell state, "
+                f"{1 - self.cell_share:.1%} through the hidden state"
             )
         if self.saturated is not None:
             out.append(f"  saturated units (|h| > {SATURATED}): {self.saturated:.0%}")

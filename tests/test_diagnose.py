@@ -181,7 +181,7 @@ def test_with_the_forget_gate_shut_the_whole_gradient_crosses_through_the_hidden
         lstm.bias_ih_l0[8:16] = -30  # f = sigmoid(-30 + small) ~ 1e-13: c_{t-1} reaches c_t scaled by 1e-13
     (layer,) = diagnose(lstm, 30, what_ifs=False).layers
     assert abs(layer.cell_share) < 1e-10
-    assert "through the hidden state" in "\n".join(layer.lines(30))
+    assert "100.0% through the hidden state" in "\n".join(layer.lines(30))
 
 
 def test_a_loop_whose_calls_do_not_chain_gets_no_cell_share_and_says_why():
