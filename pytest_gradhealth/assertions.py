@@ -36,7 +36,8 @@ def assert_no_vanishing(
     """Fail unless the earliest step keeps at least `min_ratio` of the last step's gradient (profile.ratio).
 
     On failure, `explain` (default) diagnoses the model and measures the standard remedies on copies of it to name a
-    measured fix (up to 7 more probes); `explain=False` fails with the hint alone."""
+    measured fix (one more probe, and one per remedy that applies: 6 for an LSTM); `explain=False` fails with the
+    hint alone."""
     __tracebackhide__ = True
     return run_check(model, seq_len, options, NoVanishing(min_ratio), explain)
 

@@ -99,7 +99,7 @@ HELP = {
     "warmup": "steps run before the measured window, so probes read the stationary decay (default 0)",
     "seeds": "independent draws per probe (inputs; fresh models from a factory); metrics are medians (default 1)",
     "explain": "on a vanishing failure, diagnose the model and probe remedies on copies of it for a 'measured fix' "
-    "line (up to 7 more probes); false: the hint alone (default true)",
+    "line (6 more probes for an LSTM); false: the hint alone (default true)",
 }
 
 

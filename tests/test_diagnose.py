@@ -292,6 +292,11 @@ def test_the_diagnosis_round_trips_through_strict_json():
     back = Diagnosis.from_dict(json.loads(text))
     assert back.lines() == d.lines()
     np.testing.assert_array_equal(back.layers[1].timescales, d.layers[1].timescales)
+    assert back.layers[1].cell_share == d.layers[1].cell_share is not None
+    older = json.loads(text)
+    for layer in older["layers"]:
+        del layer["cell_share"]  # written before cell_share existed
+    assert [layer.cell_share for layer in Diagnosis.from_dict(older).layers] == [None, None]
 
 
 def test_the_text_names_each_layer_its_gates_and_each_remedy():
