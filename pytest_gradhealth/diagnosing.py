@@ -2,9 +2,9 @@
 the standard remedies would change, measured on copies of the model.
 
 The probe runs once with forward pre-hooks on every nn.RNN/LSTM/GRU and cell, which record what each was called with
-(the same inputs, the same states, the same mode). Each layer is then recomputed step by step in float64 from those
-inputs and its weights, reading the gates that a fused kernel keeps to itself. Dropout between the layers of a
-multi-layer module is not replayed (the probe's default mode is eval, where there is none).
+(the same inputs, the same states, the same mode). Each layer is then recomputed step by step in float64, on the
+CPU, from those inputs and its weights, reading the gates that a fused kernel keeps to itself. Dropout between the
+layers of a multi-layer module is not replayed (the probe's default mode is eval, where there is none).
 """
 
 from __future__ import annotations
@@ -98,10 +98,12 @@ def _recording(modules: dict[str, nn.Module], calls: Calls) -> Iterator[None]:
 
 
 def _detached(value: Any) -> Any:
+    """A copy on the CPU, where the replay runs whatever device the probe used."""
     if isinstance(value, torch.Tensor):
-        return value.detach().clone()
+        return value.detach().to("cpu", copy=True)
     if isinstance(value, PackedSequence):
-        return value._replace(data=value.data.detach().clone())  # type: ignore[attr-defined]
+        packed = value.to("cpu")
+        return packed._replace(data=packed.data.detach().clone())  # type: ignore[attr-defined]
     if isinstance(value, (tuple, list)):
         return type(value)(_detached(v) for v in value)
     if isinstance(value, dict):
@@ -115,7 +117,7 @@ def _detached(value: Any) -> Any:
 def _weights(module: nn.Module, suffix: str) -> dict[str, torch.Tensor | None]:
     names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
     found = {name: getattr(module, name + suffix, None) for name in names}
-    return {name: None if w is None else w.detach().to(torch.float64) for name, w in found.items()}
+    return {name: None if w is None else w.detach().to("cpu", torch.float64) for name, w in found.items()}
 
 
 def _pre(x: torch.Tensor, h: torch.Tensor, w: dict[str, torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -346,6 +348,8 @@ def path_flows(
     ||G||^2, splits exactly at every boundary t into <dL/dc_{t-1} through c_t = f_t c_{t-1} + ..., dc_{t-1}> (the
     cell path) and <dL/dh_{t-1} through step t's gates, dh_{t-1}> (the hidden path), dc and dh the tangents along G
     (forward mode). Each boundary's two parts sum to ||G||^2; so do the sums over boundaries, to (steps-1) ||G||^2.
+    A sample of a padded batch counts the boundaries before its real steps only (`mask`), not those its state is
+    merely carried across.
     """
     if x.shape[0] < 2:
         return torch.zeros(2, dtype=torch.float64)
@@ -359,8 +363,8 @@ def path_flows(
     with torch.no_grad(), forward_ad.dual_level():
         entering, _ = _unroll(forward_ad.make_dual(x, along), state, w, mask)
         tangents = [forward_ad.unpack_dual(s).tangent for s in entering]
-    parts = [(g * t).sum() for g, t in zip(grads[1:], tangents, strict=True)]
-    cell, hidden = sum(parts[1::2]), sum(parts[0::2])
+    parts = torch.stack([(g * t).sum(dim=-1) for g, t in zip(grads[1:], tangents, strict=True)])
+    hidden, cell = (parts.reshape(x.shape[0] - 1, 2, -1) * mask[1:, None]).sum(dim=(0, 2))
     return torch.stack([cell, cell + hidden])
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from pytest_gradhealth import probe, reference
-from pytest_gradhealth.diagnosing import _chrono, _replay, diagnose
+from pytest_gradhealth.diagnosing import _chrono, _replay, _weights, diagnose, path_flows
 from pytest_gradhealth.diagnosis import Diagnosis
 from pytest_gradhealth.errors import InvalidArgumentTypeError
 
@@ -117,7 +117,7 @@ def test_the_replayed_trajectory_is_the_modules_own(module):
 
 
 def brute_force_paths(cell: nn.LSTMCell, x: torch.Tensor, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Per step boundary t, <G_cell(t), G> / ||G||^2 and <G_hidden(t), G> / ||G||^2 on an unrolled LSTMCell loop:
+    """Per step boundary t, <G_cell(t), G> and <G_hidden(t), G> on an unrolled LSTMCell loop:
     G = dL/dx_0 for L = sum over the batch of <v, h_last>; G_cell(t) the same with h_{t-1} detached where step t reads
     it (only the cell state crosses boundary t), G_hidden(t) with c_{t-1} detached. Checks G_cell + G_hidden = G."""
     v = torch.randn(cell.hidden_size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
@@ -137,7 +137,7 @@ def brute_force_paths(cell: nn.LSTMCell, x: torch.Tensor, seed: int = 0) -> tupl
     for t in range(1, x.shape[0]):
         through_cell, through_hidden = gradient(t, "h"), gradient(t, "c")
         torch.testing.assert_close(through_cell + through_hidden, g, rtol=1e-12, atol=1e-300)
-        shares.append([float((part * g).sum() / (g * g).sum()) for part in (through_cell, through_hidden)])
+        shares.append([float((part * g).sum()) for part in (through_cell, through_hidden)])
     return np.array(shares)[:, 0], np.array(shares)[:, 1]
 
 
@@ -150,20 +150,37 @@ def lstm_cell_of(lstm: nn.LSTM, suffix: str = "_l0") -> nn.LSTMCell:
 
 
 def test_the_cell_share_is_the_brute_force_split_of_the_gradient_at_each_step_boundary():
-    lstm = nn.LSTM(5, 7, batch_first=True, bidirectional=True).double()
+    with torch.random.fork_rng():
+        torch.manual_seed(2)  # weights whose shares lie inside (0, 1): for others, one of them may exceed 1
+        lstm = nn.LSTM(5, 7, batch_first=True, bidirectional=True).double()
     x = torch.randn(3, 12, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     forward, reverse = diagnose(lstm, 12, inputs=x, what_ifs=False).layers
     for layer, suffix, sequence in ((forward, "_l0", x), (reverse, "_l0_reverse", x.flip(1))):
         cell, hidden = brute_force_paths(lstm_cell_of(lstm, suffix), sequence.transpose(0, 1))
-        assert layer.cell_share == pytest.approx(cell.mean(), rel=1e-9)
-        assert 0 < layer.cell_share < 1 and (cell + hidden) == pytest.approx(1, rel=1e-9)
+        assert layer.cell_share == pytest.approx(cell.sum() / (cell + hidden).sum(), rel=1e-9)
+        assert 0 < layer.cell_share < 1
+        np.testing.assert_allclose(cell + hidden, (cell + hidden)[0], rtol=1e-9)  # ||G||^2 at every boundary
 
 
 def test_the_cell_share_of_a_loop_over_an_lstm_cell_is_the_brute_force_split():
     model = CellLoop().double()
     x = torch.randn(2, 9, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     (layer,) = diagnose(model, 9, inputs=x, what_ifs=False).layers
-    assert layer.cell_share == pytest.approx(brute_force_paths(model.cell, x.transpose(0, 1))[0].mean(), rel=1e-9)
+    cell, hidden = brute_force_paths(model.cell, x.transpose(0, 1))
+    assert layer.cell_share == pytest.approx(cell.sum() / (cell + hidden).sum(), rel=1e-9)
+
+
+def test_a_packed_batch_splits_only_the_steps_each_sample_really_takes():
+    lstm = nn.LSTM(3, 5).double()
+    x = torch.randn(8, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    lengths = [8, 5, 2]
+    mask = torch.arange(8)[:, None] < torch.tensor(lengths)[None, :]
+    state = (torch.zeros(3, 5, dtype=torch.float64),) * 2
+    cell, total = path_flows(x, state, _weights(lstm, "_l0"), mask, seed=0)
+    # each sample alone, over its own steps: the same loss on its last real state
+    alone = [brute_force_paths(lstm_cell_of(lstm), x[:n, b : b + 1]) for b, n in enumerate(lengths)]
+    assert float(cell) == pytest.approx(sum(c.sum() for c, _ in alone), rel=1e-9)
+    assert float(total) == pytest.approx(sum((c + h).sum() for c, h in alone), rel=1e-9)
 
 
 def test_with_weight_hh_zero_the_whole_gradient_crosses_through_the_cell_state():
