@@ -34,10 +34,11 @@ def _forward(function: Callable[..., GradientProfile], bound: str | None = None)
             raise InvalidArgumentError(f"{function.__name__} needs {missing[0]}=, {_NEEDS.get(missing[0], 'a value')}")
         return function(**given, **self._options(options))
 
-    parameters, defaulted = [], False  # seq_len and the bound default to the settings; later ones to None
+    parameters, defaulted = [], False  # seq_len, the bound and explain default to the settings
     for p in signature.parameters.values():
         defaulted = defaulted or p.name in ("seq_len", bound)
-        needs_default = defaulted and p.kind is p.POSITIONAL_OR_KEYWORD and (p.default is _EMPTY or p.name == bound)
+        from_settings = p.name in (bound, "explain")
+        needs_default = defaulted and p.kind is p.POSITIONAL_OR_KEYWORD and (p.default is _EMPTY or from_settings)
         parameters.append(p.replace(default=None) if needs_default else p)
     self_parameter = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
     method.__signature__ = signature.replace(parameters=[self_parameter, *parameters])  # type: ignore[attr-defined]
