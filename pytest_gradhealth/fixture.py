@@ -34,7 +34,7 @@ def _forward(function: Callable[..., GradientProfile], bound: str | None = None)
             raise InvalidArgumentError(f"{function.__name__} needs {missing[0]}=, {_NEEDS.get(missing[0], 'a value')}")
         return function(**given, **self._options(options))
 
-    parameters, defaulted = [], False  # seq_len, the bound and explain default to the settings
+    parameters, defaulted = [], False  # seq_len, the bound, explain: the settings; later ones: None
     for p in signature.parameters.values():
         defaulted = defaulted or p.name in ("seq_len", bound)
         from_settings = p.name in (bound, "explain")
