@@ -31,10 +31,16 @@ if TYPE_CHECKING:
     from pytest_gradhealth.diagnosis import Diagnosis
 
 
-def assert_no_vanishing(model: Any, seq_len: int, min_ratio: float = 1e-3, **options: Any) -> GradientProfile:
-    """Fail unless the earliest step keeps at least `min_ratio` of the last step's gradient (profile.ratio)."""
+def assert_no_vanishing(
+    model: Any, seq_len: int, min_ratio: float = 1e-3, explain: bool = True, **options: Any
+) -> GradientProfile:
+    """Fail unless the earliest step keeps at least `min_ratio` of the last step's gradient (profile.ratio).
+
+    On failure, `explain` (default) diagnoses the model and measures the standard remedies on copies of it to name a
+    measured fix (one more probe, and one per remedy that applies: 6 for an LSTM); `explain=False` fails with the
+    hint alone."""
     __tracebackhide__ = True
-    return run_check(model, seq_len, options, NoVanishing(min_ratio))
+    return run_check(model, seq_len, options, NoVanishing(min_ratio), explain)
 
 
 def assert_no_exploding(model: Any, seq_len: int, max_ratio: float = 1e3, **options: Any) -> GradientProfile:
@@ -50,19 +56,22 @@ def assert_finite_gradients(model: Any, seq_len: int, **options: Any) -> Gradien
 
 
 def assert_memory_horizon(
-    model: Any, seq_len: int, min_steps: int, threshold: float = 0.01, **options: Any
+    model: Any, seq_len: int, min_steps: int, threshold: float = 0.01, explain: bool = True, **options: Any
 ) -> GradientProfile:
-    """Fail unless the gradient stays at or above `threshold` x the last step's for at least `min_steps` steps back."""
+    """Fail unless the gradient stays at or above `threshold` x the last step's for at least `min_steps` steps back.
+
+    `explain` as for `assert_no_vanishing`."""
     __tracebackhide__ = True
-    return run_check(model, seq_len, options, MemoryHorizon(min_steps, threshold))
+    return run_check(model, seq_len, options, MemoryHorizon(min_steps, threshold), explain)
 
 
 def assert_no_worse_than(
-    model: Any, reference: Any, seq_len: int, factor: float = 10.0, **options: Any
+    model: Any, reference: Any, seq_len: int, factor: float = 10.0, explain: bool = True, **options: Any
 ) -> GradientProfile:
     """Fail when the model's ratio is more than `factor` times smaller than the reference's, measured the same way.
 
-    `reference` is a model (probed with the same options) or a `GradientProfile` measured before.
+    `reference` is a model (probed with the same options) or a `GradientProfile` measured before; `explain` as for
+    `assert_no_vanishing`.
     """
     __tracebackhide__ = True
     threshold("factor", factor, lower=1.0)
@@ -88,13 +97,16 @@ def assert_no_worse_than(
             "the first step, or a shorter seq_len, or dtype=torch.float64"
         )
     check = NoWorseThan(ref_profile.ratio / factor, factor, ref_profile.model, ref_profile.ratio)
-    return run_check(model, seq_len, options, check)
+    return run_check(model, seq_len, options, check, explain)
 
 
-def run_check(model: Any, seq_len: int, options: dict[str, Any], check: Check) -> GradientProfile:
+def run_check(model: Any, seq_len: int, options: dict[str, Any], check: Check, explain: bool = True) -> GradientProfile:
     """Probe `model`, record the profile with `check`'s verdict, and raise `GradientHealthError` unless it is ok
-    (`UncertainVerdictError`, a subclass, when seeds=N leave the verdict undecided)."""
+    (`UncertainVerdictError`, a subclass, when seeds=N leave the verdict undecided); with `explain`, a vanishing
+    failure is diagnosed (`advice`)."""
     __tracebackhide__ = True
+    if not isinstance(explain, bool):
+        raise InvalidArgumentTypeError(f"explain must be True or False, got {explain!r}")
     check.fits(seq_len)
     record: dict[str, Any] = {}
 
@@ -102,7 +114,7 @@ def run_check(model: Any, seq_len: int, options: dict[str, Any], check: Check) -
         diagnosis: list[Diagnosis] = []
 
         def closing(verdict: str) -> list[str]:
-            lines, found = advice(model, profile, verdict, check, options)
+            lines, found = advice(model, profile, verdict, check, options, explain)
             diagnosis.extend(found)
             return lines
 
@@ -120,15 +132,15 @@ def run_check(model: Any, seq_len: int, options: dict[str, Any], check: Check) -
 
 
 def advice(
-    model: Any, profile: GradientProfile, verdict: str, check: Check, options: dict[str, Any]
+    model: Any, profile: GradientProfile, verdict: str, check: Check, options: dict[str, Any], explain: bool = True
 ) -> tuple[list[str], list[Diagnosis]]:
     """The closing lines of a failure message, and the diagnosis they come from, if any.
 
-    For a vanishing gradient in a model with recurrent layers: `diagnose` (the layers' gates, and the standard
-    remedies measured on copies of the model), then the first remedy, least intrusive first, that makes the same check
-    pass. Otherwise a hint by verdict and by the layers the model contains.
+    For a vanishing gradient, with `explain`: `diagnose` (the layers' gates, and the standard remedies measured on
+    copies of the model), then the first remedy, least intrusive first, that makes the same check pass. Otherwise a
+    hint by verdict and by the layers the model contains.
     """
-    if verdict != "vanishing":
+    if verdict != "vanishing" or not explain:
         return [f"hint: {hint(profile, verdict)}"], []
     from pytest_gradhealth.diagnosing import diagnose
 

@@ -2,9 +2,9 @@
 the standard remedies would change, measured on copies of the model.
 
 The probe runs once with forward pre-hooks on every nn.RNN/LSTM/GRU and cell, which record what each was called with
-(the same inputs, the same states, the same mode). Each layer is then recomputed step by step in float64 from those
-inputs and its weights, reading the gates that a fused kernel keeps to itself. Dropout between the layers of a
-multi-layer module is not replayed (the probe's default mode is eval, where there is none).
+(the same inputs, the same states, the same mode). Each layer is then recomputed step by step in float64, on the
+CPU, from those inputs and its weights, reading the gates that a fused kernel keeps to itself. Dropout between the
+layers of a multi-layer module is not replayed (the probe's default mode is eval, where there is none).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.autograd import forward_ad
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from pytest_gradhealth.diagnosis import (
@@ -54,7 +55,8 @@ def diagnose(
     calls: Calls = {path: [] for path in modules}
     with _recording(modules, calls):
         profile = measure_profile(model, probe_options)
-    layers = [layer for path, module in modules.items() for layer in _layers(path, module, calls[path])]
+    seed = probe_options.seed
+    layers = [layer for path, module in modules.items() for layer in _layers(path, module, calls[path], seed)]
     layers += [
         LayerDiagnosis(
             path,
@@ -96,10 +98,12 @@ def _recording(modules: dict[str, nn.Module], calls: Calls) -> Iterator[None]:
 
 
 def _detached(value: Any) -> Any:
+    """A copy on the CPU, where the replay runs whatever device the probe used."""
     if isinstance(value, torch.Tensor):
-        return value.detach().clone()
+        return value.detach().to("cpu", copy=True)
     if isinstance(value, PackedSequence):
-        return value._replace(data=value.data.detach().clone())  # type: ignore[attr-defined]
+        packed = value.to("cpu")
+        return packed._replace(data=packed.data.detach().clone())  # type: ignore[attr-defined]
     if isinstance(value, (tuple, list)):
         return type(value)(_detached(v) for v in value)
     if isinstance(value, dict):
@@ -113,7 +117,7 @@ def _detached(value: Any) -> Any:
 def _weights(module: nn.Module, suffix: str) -> dict[str, torch.Tensor | None]:
     names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
     found = {name: getattr(module, name + suffix, None) for name in names}
-    return {name: None if w is None else w.detach().to(torch.float64) for name, w in found.items()}
+    return {name: None if w is None else w.detach().to("cpu", torch.float64) for name, w in found.items()}
 
 
 def _pre(x: torch.Tensor, h: torch.Tensor, w: dict[str, torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,7 +153,7 @@ def _step(kind: str, x: torch.Tensor, state: tuple[torch.Tensor, ...], w: dict, 
 # -- layers ----------------------------------------------------------------------------------------------
 
 
-def _layers(path: str, module: nn.Module, calls: list) -> list[LayerDiagnosis]:
+def _layers(path: str, module: nn.Module, calls: list, seed: int) -> list[LayerDiagnosis]:
     kind = kinds.kind_of(module)
     assert kind is not None  # found through the registry
     if kind.recurrence is None:
@@ -157,13 +161,14 @@ def _layers(path: str, module: nn.Module, calls: list) -> list[LayerDiagnosis]:
     if not calls:
         return [LayerDiagnosis(path, kind.name, note="not called in the probe's forward pass")]
     if kind.role == "sequence":
-        return _fused_layers(path, module, calls)  # type: ignore[arg-type]
-    return [_cell_layer(path, module, calls)]  # type: ignore[arg-type]
+        return _fused_layers(path, module, calls, seed)  # type: ignore[arg-type]
+    return [_cell_layer(path, module, calls, seed)]  # type: ignore[arg-type]
 
 
-def _fused_layers(path: str, module: nn.RNNBase, calls: list) -> list[LayerDiagnosis]:
+def _fused_layers(path: str, module: nn.RNNBase, calls: list, seed: int) -> list[LayerDiagnosis]:
     kind = _recurrence(module)
     records: dict[tuple[int, int], list[dict[str, torch.Tensor]]] = {}
+    flows: dict[tuple[int, int], torch.Tensor] = {}
     masks = []
     for args, kwargs in calls:
         x, mask = _time_major(args[0] if args else kwargs["input"], module.batch_first)
@@ -173,8 +178,11 @@ def _fused_layers(path: str, module: nn.RNNBase, calls: list) -> list[LayerDiagn
                 LayerDiagnosis(path, kind, note="a packed batch through a bidirectional module is not replayed here")
             ]
         masks.append(mask if mask is not None else torch.ones(x.shape[:2], dtype=torch.bool))
-        for key, steps in _replay(module, kind, x, hx, masks[-1]).items():
+        steps_by_layer, flows_by_layer = _replay(module, kind, x, hx, masks[-1], seed)
+        for key, steps in steps_by_layer.items():
             records.setdefault(key, []).append(steps)
+        for key, flow in flows_by_layer.items():  # calls are separate sequences: their flows add
+            flows[key] = flows.get(key, 0) + flow
     mask = torch.cat(masks, dim=1)
     layers = []
     for (layer, direction), parts in records.items():
@@ -182,6 +190,8 @@ def _fused_layers(path: str, module: nn.RNNBase, calls: list) -> list[LayerDiagn
         diagnosis = LayerDiagnosis(path, kind, layer, ("forward", "reverse")[direction], int(module.hidden_size))
         suffix = f"_l{layer}{'_reverse' if direction else ''}"
         _fill(diagnosis, merged, mask, _weights(module, suffix)["weight_hh"])
+        if (layer, direction) in flows:
+            _share(diagnosis, flows[(layer, direction)])
         layers.append(diagnosis)
     return layers
 
@@ -199,13 +209,15 @@ def _time_major(inputs: Any, batch_first: bool) -> tuple[torch.Tensor, torch.Ten
 
 
 def _replay(
-    module: nn.RNNBase, kind: str, x: torch.Tensor, hx: Any, mask: torch.Tensor
-) -> dict[tuple[int, int], dict[str, torch.Tensor]]:
-    """Every layer and direction step by step: what each step read, stacked over time, by (layer, direction)."""
+    module: nn.RNNBase, kind: str, x: torch.Tensor, hx: Any, mask: torch.Tensor, seed: int = 0
+) -> tuple[dict[tuple[int, int], dict[str, torch.Tensor]], dict[tuple[int, int], torch.Tensor]]:
+    """Every layer and direction step by step: what each step read, stacked over time, by (layer, direction); and
+    for an LSTM, each layer's path flows (`path_flows`) over its own inputs, in the order it reads them."""
     directions = 2 if module.bidirectional else 1
     if hx is not None and not isinstance(hx, (tuple, list)):
         hx = (hx,)
     out: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
+    flows: dict[tuple[int, int], torch.Tensor] = {}
     for layer in range(module.num_layers):
         outputs = []
         for direction in range(directions):
@@ -221,8 +233,12 @@ def _replay(
                 seen[t] = result
             out[(layer, direction)] = {k: torch.stack([seen[t][k] for t in range(x.shape[0])]) for k in seen[0]}
             outputs.append(out[(layer, direction)]["h"])
+            if kind == "LSTM":
+                order = list(steps)
+                initial = _initial(module, kind, x.shape[1], hx, index)
+                flows[(layer, direction)] = path_flows(x[order], initial, w, mask[order], seed)
         x = torch.cat(outputs, dim=-1)
-    return out
+    return out, flows
 
 
 def _initial(module: nn.RNNBase, kind: str, batch: int, hx: Any, index: int) -> tuple[torch.Tensor, ...]:
@@ -232,10 +248,10 @@ def _initial(module: nn.RNNBase, kind: str, batch: int, hx: Any, index: int) -> 
     return tuple(h.to(torch.float64)[index] if h.dim() == 3 else h.to(torch.float64) for h in hx)
 
 
-def _cell_layer(path: str, module: nn.RNNCellBase, calls: list) -> LayerDiagnosis:
+def _cell_layer(path: str, module: nn.RNNCellBase, calls: list, seed: int) -> LayerDiagnosis:
     kind = _recurrence(module)
     w = _weights(module, "")
-    steps = []
+    steps, inputs, states = [], [], []
     for args, kwargs in calls:
         x = (args[0] if args else kwargs["input"]).to(torch.float64)
         x = x if x.dim() == 2 else x[None]
@@ -245,11 +261,37 @@ def _cell_layer(path: str, module: nn.RNNCellBase, calls: list) -> LayerDiagnosi
         else:
             state = tuple(h.to(torch.float64).reshape(x.shape[0], -1) for h in (hx if kind == "LSTM" else (hx,)))
         steps.append(_step(kind, x, state, w, kind == "RNN (ReLU)"))
+        inputs.append(x)
+        states.append((state, _tolerance(hx)))
     merged = {k: torch.stack([s[k] for s in steps]) for k in steps[0]}
     label = type(module).__name__ + (" (ReLU)" if kind == "RNN (ReLU)" else "")
     diagnosis = LayerDiagnosis(path, label, hidden_size=int(module.hidden_size))
     _fill(diagnosis, merged, torch.ones(merged["h"].shape[:2], dtype=torch.bool), w["weight_hh"], kind)
+    if kind == "LSTM":
+        if _chained(steps, states):
+            x = torch.stack(inputs)
+            _share(diagnosis, path_flows(x, states[0][0], w, torch.ones(x.shape[:2], dtype=torch.bool), seed))
+        else:
+            diagnosis.add_note(
+                "cell and hidden path shares not measured: the cell's calls do not form one chain (each call given "
+                "the state the previous call returned)"
+            )
     return diagnosis
+
+
+def _tolerance(hx: Any) -> float:
+    """How far a recorded state may be from the float64 replay of the step that made it: the state's rounding."""
+    first = hx[0] if isinstance(hx, (tuple, list)) else hx
+    return 0.0 if first is None else 64 * torch.finfo(first.dtype).eps
+
+
+def _chained(steps: list[dict[str, torch.Tensor]], states: list[tuple[tuple[torch.Tensor, ...], float]]) -> bool:
+    """Whether each call was given (h, c) as the previous call returned it, up to the recorded state's rounding."""
+    for before, (state, tol) in zip(steps, states[1:], strict=False):
+        for made, given in zip((before["h"], before["c"]), state, strict=True):
+            if made.shape != given.shape or not torch.allclose(made, given, rtol=tol, atol=tol):
+                return False
+    return True
 
 
 def _fill(
@@ -289,6 +331,68 @@ def _fill(
     # ||W^T D u||^2 for a random unit u has mean sum_j D_j^2 ||W_j||^2 / H: chi_1 without the iid assumption.
     rows = (weight_hh**2).sum(dim=1)
     diagnosis.mean_field_factor = math.sqrt(float((derivative**2 @ rows).mean()) / weight_hh.shape[0])
+
+
+# -- the paths of an LSTM's gradient ----------------------------------------------------------------------
+
+
+def path_flows(
+    x: torch.Tensor, state: tuple[torch.Tensor, ...], w: dict, mask: torch.Tensor, seed: int
+) -> torch.Tensor:
+    """How the gradient that reaches an LSTM layer's first input crossed each step: [cell, cell + hidden] summed
+    over the step boundaries 1 .. steps-1.
+
+    The loss is the layer's own, L = sum over the batch of <v, h_last> (v a unit vector drawn from `seed`), its inputs
+    `x` (steps, batch, features, in the order the layer reads them) held fixed. G = dL/dx_0. After step t-1 the rest of
+    the run depends on the past only through (c_{t-1}, h_{t-1}), so the change of L when x_0 moves along G,
+    ||G||^2, splits exactly at every boundary t into <dL/dc_{t-1} through c_t = f_t c_{t-1} + ..., dc_{t-1}> (the
+    cell path) and <dL/dh_{t-1} through step t's gates, dh_{t-1}> (the hidden path), dc and dh the tangents along G
+    (forward mode). Each boundary's two parts sum to ||G||^2; so do the sums over boundaries, to (steps-1) ||G||^2.
+    A sample of a padded batch counts the boundaries before its real steps only (`mask`), not those its state is
+    merely carried across.
+    """
+    if x.shape[0] < 2:
+        return torch.zeros(2, dtype=torch.float64)
+    x = x.detach().requires_grad_(True)
+    v = torch.randn(state[0].shape[-1], generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    with torch.enable_grad():
+        entering, last = _unroll(x, state, w, mask)
+        grads = torch.autograd.grad((last @ (v / v.norm())).sum(), [x, *entering])
+    along = torch.zeros_like(x)
+    along[0] = grads[0][0]
+    with torch.no_grad(), forward_ad.dual_level():
+        entering, _ = _unroll(forward_ad.make_dual(x, along), state, w, mask)
+        tangents = [forward_ad.unpack_dual(s).tangent for s in entering]
+    parts = torch.stack([(g * t).sum(dim=-1) for g, t in zip(grads[1:], tangents, strict=True)])
+    hidden, cell = (parts.reshape(x.shape[0] - 1, 2, -1) * mask[1:, None]).sum(dim=(0, 2))
+    return torch.stack([cell, cell + hidden])
+
+
+def _unroll(
+    x: torch.Tensor, state: tuple[torch.Tensor, ...], w: dict, mask: torch.Tensor
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """An LSTM run over `x`: h and c as each step after the first receives them (alternating; copies that step alone
+    reads), and the last h. Past a sample's end its state stays, as in `_replay`."""
+    h, c = state
+    entering = []
+    for t in range(x.shape[0]):
+        if t:
+            h, c = h.clone(), c.clone()
+            entering += [h, c]
+        result = _step("LSTM", x[t], (h, c), w, False)
+        real = mask[t][:, None]
+        h, c = torch.where(real, result["h"], h), torch.where(real, result["c"], c)
+    return entering, h
+
+
+def _share(diagnosis: LayerDiagnosis, flows: torch.Tensor) -> None:
+    cell, total = (float(f) for f in flows)
+    if total > 0 and math.isfinite(total):
+        diagnosis.cell_share = cell / total
+    else:
+        diagnosis.add_note(
+            "cell and hidden path shares not measured: no gradient reaches the layer's first input in float64"
+        )
 
 
 def timescales(mean_gate: np.ndarray) -> np.ndarray:

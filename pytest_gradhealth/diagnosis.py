@@ -43,7 +43,9 @@ class LayerDiagnosis:
     ...), the update gate of a GRU (h_t = z_t h_{t-1} + (1 - z_t) n_t). Vanilla RNNs: `saturated` (tanh) or `dead`
     (ReLU) units, the spectral radius and norm of W_hh, and `mean_field_factor`, the per-step gradient factor
     sqrt(mean ||W_hh^T D_t u||^2) for a random unit u, D_t the activation's derivatives (sqrt(chi_1) in mean-field
-    theory). `note` says what could not be measured, and why.
+    theory). LSTMs: `cell_share`, the share of the gradient reaching the layer's first input that crosses each step
+    through the cell state c_{t-1} -> c_t (forget gate) rather than through h_{t-1} -> the gates (weight_hh), mean over
+    the steps (exact split; see `diagnosing.path_flows`). `note` says what could not be measured, and why.
     """
 
     path: str
@@ -58,7 +60,11 @@ class LayerDiagnosis:
     spectral_radius: float | None = None
     spectral_norm: float | None = None
     mean_field_factor: float | None = None
+    cell_share: float | None = None
     note: str = ""
+
+    def add_note(self, note: str) -> None:
+        self.note = f"{self.note}; {note}" if self.note else note
 
     @property
     def label(self) -> str:
@@ -83,6 +89,11 @@ class LayerDiagnosis:
             out.append(
                 f"  memory timescales (steps): median {np.median(tau):.3g}, max {tau.max():.3g}; "
                 f"{self.reaching(seq_len)} of {len(tau)} units reach seq_len {seq_len}"
+            )
+        if self.cell_share is not None:
+            out.append(
+                f"  gradient crossing each step: {self.cell_share:.1%} through the cell state, "
+                f"{1 - self.cell_share:.1%} through the hidden state"
             )
         if self.saturated is not None:
             out.append(f"  saturated units (|h| > {SATURATED}): {self.saturated:.0%}")
@@ -131,7 +142,7 @@ class LayerDiagnosis:
         )
 
 
-_OPTIONAL_NUMBERS = ("saturated", "dead", "spectral_radius", "spectral_norm", "mean_field_factor")
+_OPTIONAL_NUMBERS = ("saturated", "dead", "spectral_radius", "spectral_norm", "mean_field_factor", "cell_share")
 
 
 @dataclass

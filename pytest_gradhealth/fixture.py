@@ -27,15 +27,18 @@ def _forward(function: Callable[..., GradientProfile], bound: str | None = None)
         given.setdefault("seq_len", self.settings.seq_len)
         if bound is not None:
             given.setdefault(bound, getattr(self.settings, bound))
+        if "explain" in named:
+            given.setdefault("explain", self.settings.explain)
         missing = [name for name in named if name not in given and signature.parameters[name].default is _EMPTY]
         if missing:
             raise InvalidArgumentError(f"{function.__name__} needs {missing[0]}=, {_NEEDS.get(missing[0], 'a value')}")
         return function(**given, **self._options(options))
 
-    parameters, defaulted = [], False  # seq_len and the bound default to the settings; later ones to None
+    parameters, defaulted = [], False  # seq_len, the bound, explain: the settings; later ones: None
     for p in signature.parameters.values():
         defaulted = defaulted or p.name in ("seq_len", bound)
-        needs_default = defaulted and p.kind is p.POSITIONAL_OR_KEYWORD and (p.default is _EMPTY or p.name == bound)
+        from_settings = p.name in (bound, "explain")
+        needs_default = defaulted and p.kind is p.POSITIONAL_OR_KEYWORD and (p.default is _EMPTY or from_settings)
         parameters.append(p.replace(default=None) if needs_default else p)
     self_parameter = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
     method.__signature__ = signature.replace(parameters=[self_parameter, *parameters])  # type: ignore[attr-defined]

@@ -57,6 +57,14 @@ def _bool(value: Any) -> bool:
     return value
 
 
+def _truth(value: Any) -> bool:
+    """A bool, or its spelling in an ini file or on the command line: true/false, yes/no, on/off, 1/0."""
+    words = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+    if isinstance(value, str) and value.strip().lower() in words:
+        return words[value.strip().lower()]
+    return _bool(value)
+
+
 # setting -> (what it must be, parser)
 SETTINGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "seq_len": ("an integer >= 2", _integer(2)),
@@ -68,6 +76,7 @@ SETTINGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "dtype": ("one of float16, bfloat16, float32, float64", _choice("float16", "bfloat16", "float32", "float64")),
     "warmup": ("an integer >= 0", _integer(0)),
     "seeds": ("an integer >= 1", _integer(1)),
+    "explain": ("true or false", _truth),
 }
 
 # probe options a marker may set besides the settings
@@ -89,6 +98,8 @@ HELP = {
     "dtype": "dtype to probe in, e.g. float64 (default: the model's)",
     "warmup": "steps run before the measured window, so probes read the stationary decay (default 0)",
     "seeds": "independent draws per probe (inputs; fresh models from a factory); metrics are medians (default 1)",
+    "explain": "on a vanishing failure, diagnose the model and probe remedies on copies of it for a 'measured fix' "
+    "line (6 more probes for an LSTM); false: the hint alone (default true)",
 }
 
 
@@ -121,6 +132,7 @@ class Settings:
     dtype: str | None = None
     warmup: int = 0
     seeds: int | None = None
+    explain: bool = True
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

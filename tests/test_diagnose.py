@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from pytest_gradhealth import probe, reference
-from pytest_gradhealth.diagnosing import _chrono, _replay, diagnose
+from pytest_gradhealth.diagnosing import _chrono, _replay, _weights, diagnose, path_flows
 from pytest_gradhealth.diagnosis import Diagnosis
 from pytest_gradhealth.errors import InvalidArgumentTypeError
 
@@ -39,6 +39,18 @@ def sigmoid(x: torch.Tensor) -> np.ndarray:
     return torch.sigmoid(x.detach().double()).numpy()
 
 
+class CellLoop(nn.Module):
+    def __init__(self, input_size: int = 4, hidden_size: int = 8) -> None:
+        super().__init__()
+        self.cell = nn.LSTMCell(input_size, hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = c = x.new_zeros(x.shape[0], self.cell.hidden_size)
+        for t in range(x.shape[1]):
+            h, c = self.cell(x[:, t], (h, c))
+        return h
+
+
 def test_an_lstm_with_constant_gates_has_the_exact_timescale_of_each_unit(state_guard):
     lstm = nn.LSTM(6, 12, batch_first=True).double()
     constant_gates(lstm, (0, 1, 3))  # i, f, o constant; the candidate g still reads the input
@@ -60,18 +72,7 @@ def test_a_gru_with_a_constant_update_gate_has_the_exact_timescale_of_each_unit(
 
 
 def test_a_loop_over_an_lstm_cell_is_read_one_call_per_step():
-    class Loop(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.cell = nn.LSTMCell(4, 8)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            h = c = x.new_zeros(x.shape[0], 8)
-            for t in range(x.shape[1]):
-                h, c = self.cell(x[:, t], (h, c))
-            return h
-
-    model = Loop().double()
+    model = CellLoop().double()
     constant_gates(model.cell, (0, 1, 3))
     (layer,) = diagnose(model, 12, what_ifs=False).layers
     assert layer.kind == "LSTMCell" and layer.path == "cell"
@@ -109,28 +110,137 @@ def test_the_mean_field_factor_of_a_tanh_rnn_matches_its_measured_rate():
 def test_the_replayed_trajectory_is_the_modules_own(module):
     module = module.double()
     x = torch.randn(7, 3, 4, dtype=torch.float64)
-    replay = _replay(module, {"LSTM": "LSTM", "GRU": "GRU"}.get(module.mode, "RNN"), x, None, torch.ones(7, 3) > 0)
+    replay, _ = _replay(module, {"LSTM": "LSTM", "GRU": "GRU"}.get(module.mode, "RNN"), x, None, torch.ones(7, 3) > 0)
     top = module.num_layers - 1
     directions = [replay[(top, d)]["h"] for d in range(2 if module.bidirectional else 1)]
     torch.testing.assert_close(torch.cat(directions, dim=-1), module(x)[0], rtol=1e-12, atol=1e-12)
 
 
-def test_what_ifs_equal_separately_modified_and_probed_copies(state_guard):
-    lstm = state_guard(nn.LSTM(8, 16, batch_first=True))
-    d = diagnose(lstm, 40)
-    changes = [w.change for w in d.what_ifs]
-    assert changes == [
-        "forget-gate bias +1",
-        "forget-gate bias +2",
-        "forget-gate bias +3",
-        "chrono initialisation (T_max=40)",
-        "orthogonal weight_hh",
-    ]
-    by_hand = copy.deepcopy(lstm)
+def brute_force_paths(cell: nn.LSTMCell, x: torch.Tensor, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Per step boundary t, <G_cell(t), G> and <G_hidden(t), G> on an unrolled LSTMCell loop:
+    G = dL/dx_0 for L = sum over the batch of <v, h_last>; G_cell(t) the same with h_{t-1} detached where step t reads
+    it (only the cell state crosses boundary t), G_hidden(t) with c_{t-1} detached. Checks G_cell + G_hidden = G."""
+    v = torch.randn(cell.hidden_size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    v = v / v.norm()
+
+    def gradient(boundary: int | None = None, block: str = "") -> torch.Tensor:
+        inputs = x.clone().requires_grad_(True)
+        h = c = x.new_zeros(x.shape[1], cell.hidden_size)
+        for t in range(x.shape[0]):
+            if t == boundary:
+                h, c = (h.detach(), c) if block == "h" else (h, c.detach())
+            h, c = cell(inputs[t], (h, c))
+        return torch.autograd.grad((h @ v).sum(), inputs)[0][0]
+
+    g = gradient()
+    shares = []
+    for t in range(1, x.shape[0]):
+        through_cell, through_hidden = gradient(t, "h"), gradient(t, "c")
+        torch.testing.assert_close(through_cell + through_hidden, g, rtol=1e-12, atol=1e-300)
+        shares.append([float((part * g).sum()) for part in (through_cell, through_hidden)])
+    return np.array(shares)[:, 0], np.array(shares)[:, 1]
+
+
+def lstm_cell_of(lstm: nn.LSTM, suffix: str = "_l0") -> nn.LSTMCell:
+    cell = nn.LSTMCell(lstm.input_size, lstm.hidden_size).double()
     with torch.no_grad():
-        by_hand.bias_ih_l0[16:32] += 2
-    np.testing.assert_array_equal(d.what_ifs[1].profile.norms, probe(by_hand, 40).norms)
-    np.testing.assert_array_equal(d.profile.norms, probe(lstm, 40).norms)
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(cell, name).copy_(getattr(lstm, name + suffix))
+    return cell
+
+
+def test_the_cell_share_is_the_brute_force_split_of_the_gradient_at_each_step_boundary():
+    with torch.random.fork_rng():
+        torch.manual_seed(2)  # weights whose shares lie inside (0, 1): for others, one of them may exceed 1
+        lstm = nn.LSTM(5, 7, batch_first=True, bidirectional=True).double()
+    x = torch.randn(3, 12, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    forward, reverse = diagnose(lstm, 12, inputs=x, what_ifs=False).layers
+    for layer, suffix, sequence in ((forward, "_l0", x), (reverse, "_l0_reverse", x.flip(1))):
+        cell, hidden = brute_force_paths(lstm_cell_of(lstm, suffix), sequence.transpose(0, 1))
+        assert layer.cell_share == pytest.approx(cell.sum() / (cell + hidden).sum(), rel=1e-9)
+        assert 0 < layer.cell_share < 1
+        np.testing.assert_allclose(cell + hidden, (cell + hidden)[0], rtol=1e-9)  # ||G||^2 at every boundary
+
+
+def test_the_cell_share_of_a_loop_over_an_lstm_cell_is_the_brute_force_split():
+    model = CellLoop().double()
+    x = torch.randn(2, 9, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    (layer,) = diagnose(model, 9, inputs=x, what_ifs=False).layers
+    cell, hidden = brute_force_paths(model.cell, x.transpose(0, 1))
+    assert layer.cell_share == pytest.approx(cell.sum() / (cell + hidden).sum(), rel=1e-9)
+
+
+def test_a_packed_batch_splits_only_the_steps_each_sample_really_takes():
+    lstm = nn.LSTM(3, 5).double()
+    x = torch.randn(8, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    lengths = [8, 5, 2]
+    mask = torch.arange(8)[:, None] < torch.tensor(lengths)[None, :]
+    state = (torch.zeros(3, 5, dtype=torch.float64),) * 2
+    cell, total = path_flows(x, state, _weights(lstm, "_l0"), mask, seed=0)
+    # each sample alone, over its own steps: the same loss on its last real state
+    alone = [brute_force_paths(lstm_cell_of(lstm), x[:n, b : b + 1]) for b, n in enumerate(lengths)]
+    assert float(cell) == pytest.approx(sum(c.sum() for c, _ in alone), rel=1e-9)
+    assert float(total) == pytest.approx(sum((c + h).sum() for c, h in alone), rel=1e-9)
+
+
+def test_with_weight_hh_zero_the_whole_gradient_crosses_through_the_cell_state():
+    lstm = nn.LSTM(4, 8, batch_first=True, num_layers=2)
+    with torch.no_grad():
+        lstm.weight_hh_l0.zero_()
+        lstm.weight_hh_l1.zero_()
+    shares = [layer.cell_share for layer in diagnose(lstm, 30, what_ifs=False).layers]
+    assert shares == [1.0, 1.0]  # h_{t-1} is read by nothing: the hidden path's part is exactly zero
+
+
+def test_with_the_forget_gate_shut_the_whole_gradient_crosses_through_the_hidden_state():
+    lstm = nn.LSTM(4, 8, batch_first=True)
+    with torch.no_grad():
+        lstm.bias_ih_l0[8:16] = -30  # f = sigmoid(-30 + small) ~ 1e-13: c_{t-1} reaches c_t scaled by 1e-13
+    (layer,) = diagnose(lstm, 30, what_ifs=False).layers
+    assert abs(layer.cell_share) < 1e-10
+    assert "100.0% through the hidden state" in "\n".join(layer.lines(30))
+
+
+def test_a_loop_whose_calls_do_not_chain_gets_no_cell_share_and_says_why():
+    class TwoSequences(CellLoop):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return super().forward(x) + super().forward(x.flip(1))  # two chains through one cell
+
+    (layer,) = diagnose(TwoSequences(), 6, what_ifs=False).layers
+    assert layer.cell_share is None and "do not form one chain" in layer.note
+    assert diagnose(CellLoop(), 6, what_ifs=False).layers[0].cell_share is not None  # float32 calls chain
+
+
+def by_hand(model: nn.Module, change: str, seq_len: int) -> nn.Module:
+    """A copy of an nn.LSTM/GRU with `change` written out from its definition (biases by gate block: LSTM i, f, g, o;
+    GRU r, z, n), the random draws from the probe's seed (0) as the remedy documents them."""
+    changed = copy.deepcopy(model)
+    h, generator = model.hidden_size, torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        if change.startswith(("forget-gate bias +", "update-gate bias +")):
+            changed.bias_ih_l0[h : 2 * h] += int(change[-1])
+        elif change.startswith("chrono"):
+            forget = torch.log(1 + (seq_len - 2) * torch.rand(h, generator=generator, dtype=torch.float64))
+            changed.bias_ih_l0[h : 2 * h], changed.bias_ih_l0[:h] = forget, -forget
+            changed.bias_hh_l0[: 2 * h] = 0
+        else:
+            for block in changed.weight_hh_l0.split(h):
+                q, r = torch.linalg.qr(torch.randn(h, h, generator=generator, dtype=torch.float64))
+                block.copy_(q * torch.sign(torch.diagonal(r)))
+    return changed
+
+
+@pytest.mark.parametrize("module", [nn.LSTM(8, 16, batch_first=True), nn.GRU(8, 16, batch_first=True)], ids=str)
+def test_each_what_if_equals_a_separately_modified_and_probed_copy(state_guard, module):
+    state_guard(module)
+    d = diagnose(module, 40)
+    gate = "forget" if isinstance(module, nn.LSTM) else "update"
+    changes = [f"{gate}-gate bias +{k}" for k in (1, 2, 3)]
+    changes += ["chrono initialisation (T_max=40)"] if isinstance(module, nn.LSTM) else []
+    assert [w.change for w in d.what_ifs] == [*changes, "orthogonal weight_hh"]
+    for what_if in d.what_ifs:
+        np.testing.assert_array_equal(what_if.profile.norms, probe(by_hand(module, what_if.change, 40), 40).norms)
+    np.testing.assert_array_equal(d.profile.norms, probe(module, 40).norms)
 
 
 def test_chrono_initialisation_spreads_the_timescales_over_one_to_t_max():
@@ -146,6 +256,17 @@ def test_chrono_initialisation_spreads_the_timescales_over_one_to_t_max():
     (layer,) = diagnose(changed, 50, what_ifs=False).layers
     np.testing.assert_allclose(layer.timescales, -1 / np.log((u / (1 + u)).numpy()), rtol=1e-10)
     assert layer.timescales.min() >= 1 / math.log(2) - 1e-9 and layer.timescales.max() <= 49
+
+
+def test_chrono_draws_its_forget_biases_log_uniform_over_one_to_t_max_minus_one():
+    lstm = nn.LSTM(1, 4096)
+    with torch.no_grad():
+        _chrono(50)(lstm, torch.Generator().manual_seed(0))
+    u = np.sort(np.exp(lstm.bias_ih_l0[4096:8192].detach().double().numpy()))
+    uniform = (u - 1) / 48  # U(1, 49) -> U(0, 1)
+    ranks = np.arange(1, len(u) + 1) / len(u)
+    # Kolmogorov-Smirnov distance to U(1, 49): below 1.95 / sqrt(n), the 0.1% critical value, for this fixed seed
+    assert np.max(np.maximum(ranks - uniform, uniform - (ranks - 1 / len(u)))) < 1.95 / math.sqrt(len(u))
 
 
 def test_the_fix_is_the_first_remedy_that_passes():
@@ -188,6 +309,11 @@ def test_the_diagnosis_round_trips_through_strict_json():
     back = Diagnosis.from_dict(json.loads(text))
     assert back.lines() == d.lines()
     np.testing.assert_array_equal(back.layers[1].timescales, d.layers[1].timescales)
+    assert back.layers[1].cell_share == d.layers[1].cell_share is not None
+    older = json.loads(text)
+    for layer in older["layers"]:
+        del layer["cell_share"]  # written before cell_share existed
+    assert [layer.cell_share for layer in Diagnosis.from_dict(older).layers] == [None, None]
 
 
 def test_the_text_names_each_layer_its_gates_and_each_remedy():

@@ -40,12 +40,14 @@ def test_a_failing_assertion_carries_its_diagnosis_to_the_report_and_the_json(py
             "test_default_lstm [ReferenceLSTM]:",
             "  *core (LSTM layer 0), hidden 16",
             "    forget gate: mean *",
+            "    gradient crossing each step: *% through the cell state, *% through the hidden state",
             "  measured remedies (applied to copies of the model, probed the same way):",
         ]
     )
     (record,) = [r for r in load_report(pytester.path / "report.json").records if r.verdict != "ok"]
     diagnosis = Diagnosis.from_dict(record.check["diagnosis"])
     assert diagnosis.layers[0].kind == "LSTM" and diagnosis.what_ifs[0].change == "forget-gate bias +1"
+    assert 0 < diagnosis.layers[0].cell_share < 1
 
 
 def test_without_v_the_report_shows_no_diagnosis(pytester):
@@ -62,6 +64,7 @@ def test_the_command_prints_and_writes_the_diagnosis(tmp_path):
     result = subprocess.run([*command, "--json", str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("memory timescales (steps)") == 2
+    assert result.stdout.count("% through the cell state") == 2
     assert "forget-gate bias +2: horizon" in result.stdout
     diagnoses = [Diagnosis.from_dict(d) for d in json.loads(out.read_text())["diagnoses"]]
     assert [d.profile.seq_len for d in diagnoses] == [20, 40]

@@ -32,6 +32,7 @@ def test_a_required_argument_left_out_is_named(gradhealth):
 
 def test_the_methods_show_the_functions_signatures_with_the_settings_defaults(gradhealth):
     shown = inspect.signature(gradhealth.assert_no_vanishing)
-    assert list(shown.parameters) == ["model", "seq_len", "min_ratio", "options"]
+    assert list(shown.parameters) == ["model", "seq_len", "min_ratio", "explain", "options"]
     assert shown.parameters["seq_len"].default is None and shown.parameters["min_ratio"].default is None
+    assert shown.parameters["explain"].default is None  # the setting, true unless configured
     assert inspect.signature(gradhealth.assert_no_worse_than).parameters["factor"].default == 10.0
