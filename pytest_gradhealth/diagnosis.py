@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from pytest_gradhealth.errors import ReportFormatError
+from pytest_gradhealth.metrics import log10_number
 from pytest_gradhealth.profile import GradientProfile, decode_floats, encode_floats
 
 # What a gate's value means for memory: the gate whose product along the path carries the gradient back.
@@ -155,11 +156,11 @@ class WhatIf:
     def effect(self, before: GradientProfile) -> str:
         """'forget bias +2: horizon 8 -> 96, rate 0.62 -> 0.96, ratio 1e-20 -> 0.003'."""
         pairs = (
-            ("horizon", before.horizon(), self.profile.horizon(), "d"),
-            ("rate", before.rate, self.profile.rate, ".3f"),
-            ("ratio", before.ratio, self.profile.ratio, ".2g"),
+            ("horizon", f"{before.horizon():d}", f"{self.profile.horizon():d}"),
+            ("rate", f"{before.rate:.3f}", f"{self.profile.rate:.3f}"),
+            ("ratio", log10_number(before.log10_ratio, 2), log10_number(self.profile.log10_ratio, 2)),
         )
-        return f"{self.change}: " + ", ".join(f"{name} {old:{fmt}} -> {new:{fmt}}" for name, old, new, fmt in pairs)
+        return f"{self.change}: " + ", ".join(f"{name} {old} -> {new}" for name, old, new in pairs)
 
     def to_dict(self) -> dict[str, Any]:
         return {"change": self.change, "profile": self.profile.to_dict()}
