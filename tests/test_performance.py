@@ -1,15 +1,22 @@
-"""The probe's fast paths (issue 15) give the same answers as the plain computations they replace."""
+"""The probe's fast paths (issue 15) give the answers of the plain computations they replace; long probes that would
+not fit in memory are refused before they run."""
 
 from __future__ import annotations
 
 import functools
+import re
 
+import numpy as np
 import pytest
 import torch
 
-from pytest_gradhealth.engine import forward
+from pytest_gradhealth import probe
+from pytest_gradhealth.engine import forward, memory
+from pytest_gradhealth.engine.options import make_options
+from pytest_gradhealth.engine.probe import model_facts
 from pytest_gradhealth.engine.taps import lstm, scans
 from pytest_gradhealth.engine.taps.base import subnormal_steps
+from pytest_gradhealth.errors import InvalidArgumentError
 
 
 def exact_subnormal(g: torch.Tensor) -> list[bool]:
@@ -87,3 +94,56 @@ def test_the_required_arguments_of_a_forward_are_read_once_per_function(monkeypa
     assert forward._state_arguments(plain, 3) == [None]
     assert forward._state_arguments(functools.partial(plain, h=None), 3) == []
     assert forward._state_arguments(len, 3) == []  # a builtin: no signature, nothing passed
+
+
+def short_check(monkeypatch, available: int) -> list[int]:
+    """Estimate from 600 steps on (instead of 2**14), with `available` bytes; the pilots' lengths are recorded."""
+    monkeypatch.setattr(memory, "CHECK_FROM_STEPS", 600)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: available)
+    lengths: list[int] = []
+    growth = memory._growth
+    monkeypatch.setattr(memory, "_growth", lambda *a: lengths.append(a[1].run_len) or growth(*a))
+    return lengths
+
+
+def test_a_probe_that_would_not_fit_is_refused_with_the_estimate_and_what_to_pass(monkeypatch):
+    short_check(monkeypatch, available=2**20)  # 1 MiB: 1000 steps of an nn.RNN at batch 8 take about 6 MB
+    rnn = torch.nn.RNN(2, 2, batch_first=True)
+    state = torch.get_rng_state()
+    with pytest.raises(InvalidArgumentError) as caught:
+        probe(rnn, 1000)
+    message = str(caught.value)
+    assert "over 1000 steps" in message and "0.00 GiB is available" in message
+    assert "KiB per step" in message and "shorter seq_len" in message and "batch_size=" in message
+    fits = int(re.search(r"about (\d+) steps fit", message).group(1))
+    assert 0 <= fits < 1000
+    assert torch.equal(torch.get_rng_state(), state)  # the pilot runs under the probe's guard
+
+
+def test_a_probe_that_fits_runs_as_without_the_check(monkeypatch):
+    rnn = torch.nn.RNN(2, 2, batch_first=True)
+    unchecked = probe(rnn, 700)
+    lengths = short_check(monkeypatch, available=2**40)
+    before = [p.detach().clone() for p in rnn.parameters()]
+    checked = probe(rnn, 700)
+    assert lengths == [700]
+    np.testing.assert_array_equal(checked.norms, unchecked.norms)
+    assert all(torch.equal(a, b) for a, b in zip(before, rnn.parameters(), strict=True))
+    assert all(p.grad is None for p in rnn.parameters())
+
+
+def test_short_probes_are_not_estimated(monkeypatch):
+    lengths = short_check(monkeypatch, available=0)
+    probe(torch.nn.RNN(2, 2, batch_first=True), 599)
+    assert lengths == []
+
+
+def test_the_pilot_reads_the_growth_of_the_graph_per_step():
+    rnn = torch.nn.RNN(2, 2, batch_first=True)
+    options = make_options(rnn, 10**6, {})
+    if memory.in_use_bytes(torch.device("cpu")) is None:
+        pytest.skip("no glibc mallinfo2 here: the CPU estimate is not made")
+    per_step, _ = memory._growth(rnn, options, model_facts(rnn, options))
+    # An nn.RNN step at batch 8 keeps three small tensors (208 bytes of values) and their autograd nodes: kilobytes.
+    assert 208 < per_step < 64 * 1024
+    assert memory.available_bytes(torch.device("cpu")) > 0
