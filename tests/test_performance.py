@@ -3,6 +3,7 @@ not fit in memory are refused before they run."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 
@@ -14,7 +15,7 @@ from pytest_gradhealth import probe
 from pytest_gradhealth.engine import forward, memory
 from pytest_gradhealth.engine.options import make_options
 from pytest_gradhealth.engine.probe import model_facts
-from pytest_gradhealth.engine.taps import lstm, scans
+from pytest_gradhealth.engine.taps import lstm, scans, segments
 from pytest_gradhealth.engine.taps.base import subnormal_steps
 from pytest_gradhealth.errors import InvalidArgumentError
 
@@ -107,7 +108,7 @@ def short_check(monkeypatch, available: int) -> list[int]:
 
 
 def test_a_probe_that_would_not_fit_is_refused_with_the_estimate_and_what_to_pass(monkeypatch):
-    short_check(monkeypatch, available=2**20)  # 1 MiB: 1000 steps of an nn.RNN at batch 8 take about 6 MB
+    short_check(monkeypatch, available=1024)  # 1000 steps of an nn.RNN at batch 8 take more than 1 KiB
     rnn = torch.nn.RNN(2, 2, batch_first=True)
     state = torch.get_rng_state()
     with pytest.raises(InvalidArgumentError) as caught:
@@ -147,3 +148,93 @@ def test_the_pilot_reads_the_growth_of_the_graph_per_step():
     # An nn.RNN step at batch 8 keeps three small tensors (208 bytes of values) and their autograd nodes: kilobytes.
     assert 208 < per_step < 64 * 1024
     assert memory.available_bytes(torch.device("cpu")) > 0
+
+
+def plain_and_segmented(module: torch.nn.RNNBase, x: torch.Tensor, hx, length: int):
+    """The module's outputs and the gradients of a loss on them w.r.t. x (and hx), run plainly and in segments."""
+    results = []
+    for segmented in (False, True):
+        states = () if hx is None else hx if isinstance(hx, tuple) else (hx,)
+        leaves = [t.detach().requires_grad_(True) for t in (x, *states)]
+        state = None if hx is None else tuple(leaves[1:]) if isinstance(hx, tuple) else leaves[1]
+        with contextlib.ExitStack() as stack:
+            if segmented:
+                segments.run_in_segments(module, x.shape[1], stack, segment=length)
+            out, final = module(leaves[0], state)
+        finals = final if isinstance(final, tuple) else (final,)
+        loss = (out * torch.linspace(-1, 1, out.shape[-1], dtype=out.dtype)).sum() + sum(f.sum() for f in finals)
+        results.append([out, *finals, *torch.autograd.grad(loss, leaves)])
+    return results
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: torch.nn.RNN(3, 4, num_layers=2, batch_first=True),
+        lambda: torch.nn.RNN(3, 4, nonlinearity="relu", batch_first=True, bias=False),
+        lambda: torch.nn.LSTM(3, 5, num_layers=2, proj_size=2, batch_first=True),
+        lambda: torch.nn.GRU(3, 4, num_layers=2, batch_first=False),
+    ],
+)
+@pytest.mark.parametrize("given_state", [False, True])
+def test_a_module_run_in_segments_gives_its_own_outputs_and_gradients(make, given_state):
+    torch.manual_seed(0)
+    module = make().double()
+    x = torch.randn(2, 10, 3, dtype=torch.float64)  # 10 steps in segments of 3: the last segment is shorter
+    if not module.batch_first:
+        x = x.transpose(0, 1).contiguous()
+    hx = None
+    if given_state:
+        h = torch.randn(module.num_layers, 2, module.proj_size or module.hidden_size, dtype=torch.float64)
+        c = torch.randn(module.num_layers, 2, module.hidden_size, dtype=torch.float64)
+        hx = (h, c) if module.mode == "LSTM" else h
+    plain, segmented = plain_and_segmented(module, x, hx, 3)
+    assert len(plain) == len(segmented)
+    for a, b in zip(plain, segmented, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-14)
+    assert "forward" not in vars(module)  # the stand-in is gone with the stack
+
+
+def test_segments_leave_packed_inputs_and_dropout_between_layers_to_the_module():
+    module = torch.nn.LSTM(3, 4, num_layers=2, dropout=0.5)
+    calls = []
+    with contextlib.ExitStack() as stack:
+        segments.run_in_segments(module, 10, stack, segment=3)
+        original = segments._Segment.apply
+        stack.enter_context(pytest.MonkeyPatch.context()).setattr(
+            segments._Segment, "apply", lambda *a: calls.append(1) or original(*a)
+        )
+        module(torch.randn(10, 2, 3))  # train mode with dropout: the module's own forward draws its masks
+        packed = torch.nn.utils.rnn.pack_padded_sequence(torch.randn(10, 2, 3), [10, 7])
+        module(packed)
+        assert calls == []
+        module.eval()
+        module(torch.randn(10, 2, 3))
+        assert len(calls) == 4  # ceil(10 / 3) segments
+
+
+def test_a_long_probe_runs_its_fused_module_in_segments_with_the_same_profile(monkeypatch):
+    torch.manual_seed(0)
+    lstm_model = torch.nn.LSTM(3, 4, batch_first=True).double()
+    plain = probe(lstm_model, 64)
+    calls = []
+    original = segments._Segment.apply
+    monkeypatch.setattr(segments._Segment, "apply", lambda *a: calls.append(1) or original(*a))
+    monkeypatch.setattr(segments, "SEGMENT_FROM_STEPS", 64)
+    monkeypatch.setattr(memory, "CHECK_FROM_STEPS", 10**9)
+    segmented = probe(lstm_model, 64)
+    assert len(calls) == 8  # sqrt(64) segments
+    np.testing.assert_allclose(segmented.norms, plain.norms, rtol=1e-12, atol=0)
+    assert all(p.grad is None for p in lstm_model.parameters())
+
+
+def test_segments_keep_a_fraction_of_the_memory_per_step():
+    rnn = torch.nn.RNN(2, 2, batch_first=True)
+    if memory.in_use_bytes(torch.device("cpu")) is None:
+        pytest.skip("no glibc mallinfo2 here: memory in use cannot be read")
+    per_step = {}
+    for measure in ("input", "hidden"):  # input: in segments; hidden: the whole graph
+        options = make_options(rnn, 10**6, {"measure": measure})
+        per_step[measure] = memory._growth(rnn, options, model_facts(rnn, options))[0]
+    # Measured: about 170 bytes against 4,200 per step at batch 8.
+    assert per_step["input"] < per_step["hidden"] / 5

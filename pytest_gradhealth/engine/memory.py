@@ -1,13 +1,16 @@
-"""Before a long probe: an estimate of the memory its autograd graph takes, refused when the device has not that much.
+"""Before a long probe: an estimate of the memory it holds until its backward pass, refused when the device has not
+that much.
 
-A probe keeps the model's whole graph until its one backward pass, and the graph grows with the sequence: an
-nn.RNN(2, 2) on a batch of 8 holds about 6 KB per step on CPU (autograd's per-step nodes, not the tensors' values),
-6 GB at 10**6 steps. Probes of `CHECK_FROM_STEPS` or more first run the model's forward at two short lengths, take
-the growth per step of the memory in use, and refuse before the long run when its estimate exceeds what is available.
+The memory grows with the sequence: an nn.RNN(2, 2) on a batch of 8 keeps about 6 KB of graph per step on CPU
+(autograd's per-step nodes, not the tensors' values), 6 GB at 10**6 steps, unless its fused modules run in segments
+(`taps/segments.py`, measure="input"). Probes of `CHECK_FROM_STEPS` or more first run the model's forward at two short
+lengths as the long run will (in segments where it will be), take the growth per step of the memory in use, and
+refuse before the long run when the estimate exceeds what is available.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -19,37 +22,52 @@ import torch
 from pytest_gradhealth.engine import guard
 from pytest_gradhealth.engine.forward import model_name, run_forward
 from pytest_gradhealth.engine.inputs import make_inputs
-from pytest_gradhealth.engine.options import ProbeOptions
+from pytest_gradhealth.engine.options import DEFAULT_BATCH_SIZE, ProbeOptions
+from pytest_gradhealth.engine.taps import segments
 from pytest_gradhealth.errors import InvalidArgumentError
 
 # Probes shorter than this are not estimated (its pilot, PILOT_STEPS, costs about 5% of a probe of this length).
-CHECK_FROM_STEPS = 2**14
+CHECK_FROM_STEPS = segments.SEGMENT_FROM_STEPS
 PILOT_STEPS = (256, 512)
-# The backward pass holds the graph and the gradients it builds at once: a probe of nn.RNN(2, 2), batch 8, 10**5 steps
-# grew the process's peak RSS by 1.39x its forward's growth per step (0.59 GiB against 4.2 KB per step).
+PILOT_SEGMENT = 16  # shorter than the long run's (about sqrt(steps)): more states kept per step, an upper bound
+# The backward pass holds the graph and the gradients it builds at once. Calibration, nn.RNN(2, 2), batch 8, 10**5
+# steps, peak RSS growth against the estimate: unsegmented (measure="hidden"), 0.59 GiB against 4.2 KB per step of
+# forward growth (1.39x); in segments, 990 bytes per step against 169 bytes of forward growth plus the profile's own.
 BACKWARD_FACTOR = 1.5
 
 
 def check_fits(model: Any, options: ProbeOptions, facts: Any) -> None:
-    """Raise InvalidArgumentError, with the estimate and what to pass instead, when a probe of `options.run_len` or
+    """Raise InvalidArgumentError, with the estimate and what to pass instead, when a probe of `CHECK_FROM_STEPS` or
     more steps would take more memory than `facts.device` has available. Nothing is run for shorter probes, packed
-    batches, or where neither the memory in use nor the memory available can be read."""
+    batches, or where the memory in use or available cannot be read."""
     if options.run_len < CHECK_FROM_STEPS or options.packed:
         return
     available = available_bytes(facts.device)
     if available is None or in_use_bytes(facts.device) is None:
         return
     per_step, fixed = _growth(model, options, facts)
-    needed = BACKWARD_FACTOR * (fixed + per_step * options.run_len)
+    per_step = BACKWARD_FACTOR * per_step + _profile_bytes_per_step(options, facts)
+    needed = BACKWARD_FACTOR * fixed + per_step * options.run_len
     if needed <= available:
         return
-    fits = max(0, int((available / BACKWARD_FACTOR - fixed) / per_step)) if per_step > 0 else options.run_len
+    fits = max(0, int((available - BACKWARD_FACTOR * fixed) / per_step))
     raise InvalidArgumentError(
-        f"probing {model_name(model)} over {options.run_len} steps (batch {options.batch_size or 'default'}) needs "
-        f"about {_gib(needed)} of memory on {facts.device}: its graph grows by {per_step / 1024:.1f} KiB per step "
+        f"probing {model_name(model)} over {options.run_len} steps (batch {_batch(options)}) needs "
+        f"about {_gib(needed)} of memory on {facts.device}: what it keeps grows by {per_step / 1024:.1f} KiB per step "
         f"(measured over {PILOT_STEPS[0]} and {PILOT_STEPS[1]} steps), and {_gib(available)} is available. "
-        f"Pass a shorter seq_len (about {fits} steps fit), or a smaller batch_size= (the graph grows with the batch)"
+        f"Pass a shorter seq_len (about {fits} steps fit), or a smaller batch_size= (it grows with the batch)"
     )
+
+
+def _profile_bytes_per_step(options: ProbeOptions, facts: Any) -> float:
+    """What the probe itself adds per step to the model's forward: the measured gradient, its float64 norms per
+    sample and the arrays made from them (about 8 of each), and two temporaries of the gradient's size."""
+    features = max(facts.input_size or 0, facts.hidden_size or 0, 1)
+    return _batch(options) * (8 * 8 + 4 * features * torch.finfo(facts.dtype).bits // 8)
+
+
+def _batch(options: ProbeOptions) -> int:
+    return options.inputs_batch if options.inputs is not None else options.batch_size or DEFAULT_BATCH_SIZE
 
 
 def _gib(n: float) -> str:
@@ -64,8 +82,10 @@ def _growth(model: Any, options: ProbeOptions, facts: Any) -> tuple[float, float
     for steps in PILOT_STEPS:
         inputs = None if given is None else given.narrow(options.window.seq_axis(given), 0, steps)  # type: ignore[union-attr,arg-type]
         short = replace(options, seq_len=steps, warmup=0, checkpoints=None, lengths=None, inputs=inputs, seeds=None)
-        with guard.guarded(model, options.mode, facts.device, options.seed) as guarded:
+        with guard.guarded(model, options.mode, facts.device, options.seed) as guarded, contextlib.ExitStack() as stack:
             run_model = guard.converted(guarded, facts.dtype, facts.device, facts.model_dtype, facts.model_device)
+            if options.measure == "input":  # as the long run will: its fused modules in segments
+                segments.run_in_segments(run_model, steps, stack, segment=PILOT_SEGMENT)
             generator = torch.Generator(device="cpu").manual_seed(options.seed)
             x = make_inputs(short, generator, facts.vocab_size, facts.input_size, facts.dtype, facts.device)
             if x.is_floating_point():
