@@ -87,8 +87,9 @@ def subnormal_steps(grads: list[torch.Tensor], layout: str) -> np.ndarray:
         g = torch.stack([s.detach().reshape(s.shape[0], -1) for s in grads], 1)
     finfo = torch.finfo(g.dtype)
     # Most gradients hold none: first one test of the whole tensor in two ops. hardshrink keeps the entries above the
-    # largest subnormal number, so what it changes is subnormal (or NaN/inf, which take the exact test below).
-    if not bool((g - torch.nn.functional.hardshrink(g, finfo.tiny - finfo.tiny * finfo.eps)).any()):
+    # largest subnormal number, so what it changes is subnormal (or NaN/inf, which take the exact test below). One
+    # temporary of the gradient's size: peak memory is a goal too.
+    if not bool(torch.nn.functional.hardshrink(g, finfo.tiny - finfo.tiny * finfo.eps).sub_(g).any()):
         return np.zeros(g.shape[1], dtype=bool)
     return ((g != 0) & (g.abs() < finfo.tiny)).any(-1).any(0).cpu().numpy()
 
