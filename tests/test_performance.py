@@ -17,7 +17,7 @@ from pytest_gradhealth.engine.options import make_options
 from pytest_gradhealth.engine.probe import model_facts
 from pytest_gradhealth.engine.taps import lstm, scans, segments
 from pytest_gradhealth.engine.taps.base import subnormal_steps
-from pytest_gradhealth.errors import InvalidArgumentError
+from pytest_gradhealth.errors import GradHealthError, InvalidArgumentError
 
 
 def exact_subnormal(g: torch.Tensor) -> list[bool]:
@@ -239,3 +239,26 @@ def test_segments_keep_a_fraction_of_the_memory_per_step():
         per_step[measure] = memory._growth(rnn, options, model_facts(rnn, options))[0]
     # Measured: about 170 bytes against 4,200 per step at batch 8.
     assert per_step["input"] < per_step["hidden"] / 5
+
+
+class WritesItsInput(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = torch.nn.RNN(3, 4, batch_first=True)
+
+    def forward(self, x):
+        x.mul_(2.0)
+        return self.rnn(x)[0]
+
+
+@pytest.mark.parametrize("measure", ["input", "hidden"])
+def test_given_inputs_are_never_changed_by_a_model_that_writes_into_its_input(measure):
+    inputs = torch.randn(2, 5, 3)
+    before = inputs.clone()
+    model = WritesItsInput()
+    if measure == "input":  # not copied: the write into a leaf that requires grad fails
+        with pytest.raises(GradHealthError, match="in-place"):
+            probe(model, 5, inputs=inputs)
+    else:  # copied: the model writes into the probe's copy
+        probe(model, 5, inputs=inputs, measure=measure)
+    assert torch.equal(inputs, before) and not inputs.requires_grad
