@@ -3,9 +3,11 @@
     python benchmarks/run.py              # default sizes: about a minute on 2 quiet cores
     python benchmarks/run.py --rows 1,6   # only some groups of rows
     python benchmarks/run.py --quick      # tiny sizes: shows that every row runs; its timings mean nothing
+    python benchmarks/run.py --clock cpu  # CPU time instead of wall time: for a machine shared with other jobs
 
 Every row is a ratio against a baseline measured in the same process and run: each side warms up, then rounds run
-both sides back to back (time.perf_counter), and the ratio is the median over rounds. Prints a Markdown table.
+both sides back to back (time.perf_counter, or getrusage with --clock cpu), and the ratio is the median over rounds.
+Prints a Markdown table.
 """
 
 from __future__ import annotations
