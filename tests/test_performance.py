@@ -262,3 +262,16 @@ def test_given_inputs_are_never_changed_by_a_model_that_writes_into_its_input(me
     else:  # copied: the model writes into the probe's copy
         probe(model, 5, inputs=inputs, measure=measure)
     assert torch.equal(inputs, before) and not inputs.requires_grad
+
+
+class ScaledLSTM(torch.nn.LSTM):
+    def forward(self, input, hx=None):
+        output, state = super().forward(input, hx)
+        return 2 * output, state
+
+
+def test_only_stock_forward_in_time_modules_are_segmented():
+    assert segments.segmentable(torch.nn.GRU(2, 3)) and segments.segmentable(torch.nn.RNN(2, 3, nonlinearity="relu"))
+    assert not segments.segmentable(torch.nn.LSTM(2, 3, bidirectional=True))  # its backward direction needs the end
+    assert not segments.segmentable(ScaledLSTM(2, 3))  # a forward of its own: left as it is
+    assert not segments.segmentable(torch.nn.LSTMCell(2, 3))

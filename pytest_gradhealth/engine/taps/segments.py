@@ -26,9 +26,18 @@ from pytest_gradhealth.engine.taps.base import stand_in_forward
 SEGMENT_FROM_STEPS = 2**14
 
 
+# The forwards whose computation a segmented run repeats: a subclass with a forward of its own is left as it is.
+_STOCK_FORWARDS = (nn.RNN.forward, nn.LSTM.forward, nn.GRU.forward)
+
+
 def segmentable(module: nn.Module) -> bool:
-    """A fused nn.RNN/LSTM/GRU that runs forward in time only: its segments can run one after the other."""
-    return isinstance(module, nn.RNNBase) and module.mode in aten.FUSED_OPS and not module.bidirectional
+    """An nn.RNN/LSTM/GRU with its stock forward that runs forward in time only: its segments can run in turn."""
+    return (
+        isinstance(module, nn.RNNBase)
+        and type(module).forward in _STOCK_FORWARDS
+        and module.mode in aten.FUSED_OPS
+        and not module.bidirectional
+    )
 
 
 def run_in_segments(model: Any, steps: int, stack: contextlib.ExitStack, segment: int | None = None) -> None:
