@@ -275,3 +275,20 @@ def test_only_stock_forward_in_time_modules_are_segmented():
     assert not segments.segmentable(torch.nn.LSTM(2, 3, bidirectional=True))  # its backward direction needs the end
     assert not segments.segmentable(ScaledLSTM(2, 3))  # a forward of its own: left as it is
     assert not segments.segmentable(torch.nn.LSTMCell(2, 3))
+
+
+class FixedLength(torch.nn.Module):
+    """Reads its whole sequence as one vector: it runs at one length only."""
+
+    def __init__(self, steps: int) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(steps * 2, 3)
+
+    def forward(self, x):
+        return self.linear(x.reshape(x.shape[0], -1))
+
+
+def test_a_model_that_runs_at_one_length_only_is_probed_without_the_estimate(monkeypatch):
+    short_check(monkeypatch, available=1024)  # the pilot fails at 256 steps: no refusal from it
+    profile = probe(FixedLength(700), 700, input_size=2)
+    assert profile.seq_len == 700

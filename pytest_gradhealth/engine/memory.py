@@ -24,7 +24,7 @@ from pytest_gradhealth.engine.forward import model_name, run_forward
 from pytest_gradhealth.engine.inputs import make_inputs
 from pytest_gradhealth.engine.options import DEFAULT_BATCH_SIZE, ProbeOptions
 from pytest_gradhealth.engine.taps import segments
-from pytest_gradhealth.errors import InvalidArgumentError
+from pytest_gradhealth.errors import GradHealthError, InvalidArgumentError
 
 # Probes shorter than this are not estimated (its pilot, PILOT_STEPS, costs about 5% of a probe of this length).
 CHECK_FROM_STEPS = segments.SEGMENT_FROM_STEPS
@@ -39,13 +39,17 @@ BACKWARD_FACTOR = 1.5
 def check_fits(model: Any, options: ProbeOptions, facts: Any) -> None:
     """Raise InvalidArgumentError, with the estimate and what to pass instead, when a probe of `CHECK_FROM_STEPS` or
     more steps would take more memory than `facts.device` has available. Nothing is run for shorter probes, packed
-    batches, or where the memory in use or available cannot be read."""
+    batches, where the memory in use or available cannot be read, or where the model does not run at the pilot's
+    lengths (a model made for one sequence length: the probe itself then says what it needs)."""
     if options.run_len < CHECK_FROM_STEPS or options.packed:
         return
     available = available_bytes(facts.device)
     if available is None or in_use_bytes(facts.device) is None:
         return
-    per_step, fixed = _growth(model, options, facts)
+    try:
+        per_step, fixed = _growth(model, options, facts)
+    except GradHealthError:
+        return
     per_step = BACKWARD_FACTOR * per_step + _profile_bytes_per_step(options, facts)
     needed = BACKWARD_FACTOR * fixed + per_step * options.run_len
     if needed <= available:
@@ -60,8 +64,8 @@ def check_fits(model: Any, options: ProbeOptions, facts: Any) -> None:
 
 
 def _profile_bytes_per_step(options: ProbeOptions, facts: Any) -> float:
-    """What the probe itself adds per step to the model's forward: the measured gradient, its float64 norms per
-    sample and the arrays made from them (about 8 of each), and two temporaries of the gradient's size."""
+    """What the probe itself adds per step to the model's forward: the measured gradient and three temporaries of its
+    size, and its float64 norms per sample and the arrays made from them (about 8)."""
     features = max(facts.input_size or 0, facts.hidden_size or 0, 1)
     return _batch(options) * (8 * 8 + 4 * features * torch.finfo(facts.dtype).bits // 8)
 
