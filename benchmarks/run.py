@@ -3,9 +3,11 @@
     python benchmarks/run.py              # default sizes: about a minute on 2 quiet cores
     python benchmarks/run.py --rows 1,6   # only some groups of rows
     python benchmarks/run.py --quick      # tiny sizes: shows that every row runs; its timings mean nothing
+    python benchmarks/run.py --clock cpu  # CPU time instead of wall time: for a machine shared with other jobs
 
 Every row is a ratio against a baseline measured in the same process and run: each side warms up, then rounds run
-both sides back to back (time.perf_counter), and the ratio is the median over rounds. Prints a Markdown table.
+both sides back to back (time.perf_counter, or getrusage with --clock cpu), and the ratio is the median over rounds.
+Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import contextlib
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -124,25 +127,36 @@ def ratio_row(group: int, benchmark: str, size: str, baseline: str, ratio: float
 # -- measuring ---------------------------------------------------------------------------------------
 
 
+def cpu_time() -> float:
+    """CPU seconds (user and system) of this process's threads and of the child processes it has waited for."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+# What a call's time is read with: wall time, or with --clock cpu `cpu_time`, which waiting for a core that other jobs
+# hold does not count: on a shared machine, the steadier of the two.
+clock = time.perf_counter
+
+
 def rounds(fns: list[Callable[[], object]], seconds: float, min_repeats: int, warmup: int) -> list[list[float]]:
     """Seconds per call of each function, round by round: a round runs every function once, back to back and in
     rotating order, so that load from elsewhere on the machine hits all sides of a ratio alike."""
     spent = [0.0] * len(fns)
     for _ in range(warmup):
         for k, fn in enumerate(fns):
-            start = time.perf_counter()
+            start = clock()
             fn()
             synchronize()
-            spent[k] = time.perf_counter() - start
+            spent[k] = clock() - start
     repeats = max(min_repeats, min(MAX_REPEATS, int(seconds / sum(spent))))
     times = [[0.0] * len(fns) for _ in range(repeats)]
     for i in range(repeats):
         for k in range(len(fns)):
             j = (i + k) % len(fns)
-            start = time.perf_counter()
+            start = clock()
             fns[j]()
             synchronize()
-            times[i][j] = time.perf_counter() - start
+            times[i][j] = clock() - start
     return times
 
 
@@ -476,7 +490,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes and single repeats: a smoke run")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
     parser.add_argument("--rows", default="1,2,3,4,5,6,7,8", help="the groups of rows to run, e.g. 1,6")
+    parser.add_argument(
+        "--clock", choices=("wall", "cpu"), default="wall", help="time calls by wall time or the process's CPU time"
+    )
     args = parser.parse_args()
+    global clock
+    clock = cpu_time if args.clock == "cpu" else time.perf_counter
     groups = {int(group) for group in args.rows.split(",")}
     sizes = QUICK if args.quick else DEFAULT
     torch.set_num_threads(args.threads)
@@ -488,6 +507,7 @@ def main() -> None:
     print(f"- command: python benchmarks/run.py {' '.join(sys.argv[1:])}".rstrip())
     print(f"- batch {sizes.batch}, input size {sizes.input_size}; each ratio is the median over rounds of candidate")
     print("  over baseline, a round running both back to back after a warm-up")
+    print(f"- clock: {'CPU time of the process and its children (getrusage)' if args.clock == 'cpu' else 'wall'}")
     tuned = [f"{key}={value}" for key, value in sorted(os.environ.items()) if key.startswith("MALLOC_")]
     if tuned:
         print(f"- glibc malloc tuned: {' '.join(tuned)}")

@@ -252,3 +252,21 @@ def test_a_gradient_that_explodes_past_float32s_largest_number_is_measured_not_n
     assert profile.finite and profile.log10_sample_norms is not None
     assert profile.log10_ratio == pytest.approx(299 * math.log10(1.5), abs=1e-4)
     assert profile.rate == pytest.approx(1.5, rel=1e-6)
+
+
+def test_a_long_renormalised_probe_holds_one_chunks_graph_at_a_time_with_the_same_numbers(monkeypatch):
+    """From `segments.SEGMENT_FROM_STEPS` on, the renormalised pass's chunks are rebuilt in backward one at a time
+    (bounded memory): the profile is the one the chunks give with their graphs kept, to float32 rounding (a segment's
+    forward runs without a graph, where the CPU kernel may round differently)."""
+    from pytest_gradhealth.engine.taps import segments
+
+    torch.manual_seed(0)
+    model = nn.LSTM(4, 16, num_layers=2)
+    kept = probe(model, 400)
+    calls = []
+    original = segments.Segment.apply
+    monkeypatch.setattr(segments, "SEGMENT_FROM_STEPS", 64)
+    monkeypatch.setattr(segments.Segment, "apply", lambda *a: calls.append(1) or original(*a))
+    rebuilt = probe(model, 400)
+    assert kept.log10_sample_norms is not None and calls
+    np.testing.assert_allclose(rebuilt.log10_sample_norms, kept.log10_sample_norms, rtol=0, atol=1e-5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import re
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -109,19 +110,12 @@ def first_receiver(model: Any, x: torch.Tensor, wanted: Callable[[nn.Module], bo
 
 def _state_arguments(model: Any, batch: int) -> list[Any]:
     """What to pass after the input to a forward that requires more: the model's initial state, then None."""
-    try:
-        parameters = list(
-            inspect.signature(model.forward if isinstance(model, nn.Module) else model).parameters.values()
-        )
-    except (TypeError, ValueError):  # a builtin or C callable: no signature to read
-        return []
-    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    required = [p for p in parameters[1:] if p.kind in positional and p.default is inspect.Parameter.empty]
+    required = _required_after_input(model.forward if isinstance(model, nn.Module) else model)
     if not required:
         return []
     init_hidden = getattr(model, "init_hidden", None)
     if not callable(init_hidden):
-        return [None] * len(required)
+        return [None] * required
     try:
         state = init_hidden(batch)
     except Exception as exc:
@@ -129,7 +123,33 @@ def _state_arguments(model: Any, batch: int) -> list[Any]:
             f"{model_name(model)}.forward needs a state argument and the probe called init_hidden({batch}), which "
             f"raised {type(exc).__name__}: {exc}; pass forward=lambda model, x: ... to call the model yourself"
         ) from exc
-    return [state] + [None] * (len(required) - 1)
+    return [state] + [None] * (required - 1)
+
+
+# By function, bound methods by their __func__ (whose own signature also has self): reading a signature takes longer
+# than a small probe's loss.
+_REQUIRED: dict[bool, weakref.WeakKeyDictionary[Any, int]] = {
+    True: weakref.WeakKeyDictionary(),
+    False: weakref.WeakKeyDictionary(),
+}
+
+
+def _required_after_input(forward: Any) -> int:
+    """How many positional arguments without a default `forward` requires after the input (0 when unreadable)."""
+    bound = hasattr(forward, "__func__")
+    key, known = getattr(forward, "__func__", forward), _REQUIRED[bound]
+    with contextlib.suppress(TypeError):  # not weakly referable: read it every time
+        if key in known:
+            return known[key]
+    try:
+        parameters = list(inspect.signature(forward).parameters.values())
+    except (TypeError, ValueError):  # a builtin or C callable: no signature to read
+        return 0
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    required = sum(p.kind in positional and p.default is inspect.Parameter.empty for p in parameters[1:])
+    with contextlib.suppress(TypeError):
+        known[key] = required
+    return required
 
 
 def _other_layout(options: ProbeOptions, rows: int) -> str:

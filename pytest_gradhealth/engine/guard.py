@@ -40,12 +40,14 @@ def guarded(model: Any, mode: str, device: torch.device, seed: int) -> Iterator[
             torch.default_generator.manual_seed(seed)
             for index in cuda_devices:
                 torch.cuda.default_generators[index].manual_seed(seed)
-            for m in modules:
-                m.training = mode == "train"
+            for m, flag in zip(modules, flags, strict=True):
+                if flag != (mode == "train"):  # assigned only where it changes: a module's __setattr__ is slow
+                    m.training = mode == "train"
             yield model
     finally:
         for m, flag, known in zip(modules, flags, names, strict=False):
-            m.training = flag
+            if m.training != flag:
+                m.training = flag
             for name in set(m._buffers) - known:  # registered by forward
                 del m._buffers[name]
         with torch.no_grad():

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from pytest_gradhealth.engine import guard, kinds, renormalise
+from pytest_gradhealth.engine import guard, kinds, memory, renormalise
 from pytest_gradhealth.engine.forward import TokenInputsExpected, first_receiver, loss_of, model_name, run_forward
 from pytest_gradhealth.engine.inputs import make_inputs
 from pytest_gradhealth.engine.options import (
@@ -184,6 +184,7 @@ def _input_size(model: Any, first: tuple[nn.Module, kinds.ModuleKind] | None) ->
 def measure_profile(model: nn.Module | Callable[..., Any], options: ProbeOptions) -> GradientProfile:
     """`probe` without the recording: validated options in, profile out."""
     facts = model_facts(model, options)
+    memory.check_fits(model, options, facts)  # a long probe that would not fit is refused before it runs
     try:
         profile = _measure(model, options, facts)
     except TokenInputsExpected:

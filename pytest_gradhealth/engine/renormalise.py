@@ -30,6 +30,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from pytest_gradhealth.engine import aten, kinds
 from pytest_gradhealth.engine.options import ProbeOptions
+from pytest_gradhealth.engine.taps import segments
 from pytest_gradhealth.engine.taps.base import stand_in_forward
 from pytest_gradhealth.engine.taps.fused import layer_weights
 
@@ -175,21 +176,30 @@ class Renormaliser:
             hx = [x.new_zeros(module.num_layers, x.shape[1], size) for size in sizes]
         elif not lstm:
             hx = [hx]
-        states = [[h[layer] for h in hx] for layer in range(module.num_layers)]
+        k = len(hx)  # states per layer: h (and c)
         weights = [[getattr(module, n) for n in layer_weights(module, layer)] for layer in range(module.num_layers)]
+
+        def chunk(y: torch.Tensor, flat: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+            """Every layer over one chunk from the states `flat` (layer by layer); its output and final states."""
+            final: list[torch.Tensor] = []
+            for layer in range(module.num_layers):
+                mine = flat[layer * k : (layer + 1) * k]
+                y, *ends = aten.run_layer(
+                    module, y, tuple(s[None] for s in mine) if lstm else mine[0][None], weights[layer]
+                )
+                final += [e[0] for e in ends]
+            return (y, *final)
+
+        # A long probe holds one chunk's graph at a time, rebuilt in backward (`segments.py`).
+        segmented = self.run_len >= segments.SEGMENT_FROM_STEPS
+        flat = tuple(h[layer] for layer in range(module.num_layers) for h in hx)
         outputs, start = [], 0
         for end in [*self.ends, self.run_len - 1]:
-            y = x[start : end + 1]
-            for layer in range(module.num_layers):
-                state = tuple(s[None] for s in states[layer]) if lstm else states[layer][0][None]
-                y, *final = aten.run_layer(module, y, state, weights[layer])
-                states[layer] = [f[0] for f in final]
+            piece = x[start : end + 1]
+            y, *final = segments.Segment.apply(chunk, piece, *flat) if segmented else chunk(piece, flat)
             outputs.append(y)
-            # every layer's states go on to the next chunk through one rescaling
-            flat = self.carry(end, tuple(s for layer in states for s in layer))
-            k = len(states[0])
-            states = [list(flat[i * k : (i + 1) * k]) for i in range(module.num_layers)]
+            flat = self.carry(end, tuple(final))  # every layer's states go on to the next chunk through one rescaling
             start = end + 1
         output = torch.cat(outputs)
-        hidden = tuple(torch.stack([layer[k] for layer in states]) for k in range(len(states[0])))
+        hidden = tuple(torch.stack(flat[j::k]) for j in range(k))
         return (output.transpose(0, 1) if module.batch_first else output), (hidden if lstm else hidden[0])

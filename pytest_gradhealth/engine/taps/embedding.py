@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from pytest_gradhealth.engine.sequences import BATCH_FEATURE_TIME, BATCH_TIME_FEATURE, Window
+from pytest_gradhealth.engine.taps import segments
 from pytest_gradhealth.engine.taps.base import TapResult, sequence_result
 from pytest_gradhealth.errors import ModelInterfaceError
 
@@ -32,6 +33,10 @@ class EmbeddingTap:
         self.looked_up = False  # whether the model started a lookup of the probe's tokens (which may have failed)
 
     def attach(self, model: Any, x: torch.Tensor, stack: contextlib.ExitStack) -> torch.Tensor:
+        if (
+            self.window.seq_len >= segments.SEGMENT_FROM_STEPS
+        ):  # a long sequence: its fused modules' graphs held in segments
+            segments.run_in_segments(model, self.window.seq_len, stack)
         lookup = F.embedding
         storage = x.untyped_storage().data_ptr()
 

@@ -212,7 +212,9 @@ class FusedStatesTap:
     def result(self, grads: list[torch.Tensor]) -> TapResult:
         if self.one_call:
             at = self.measured_at
-            g = self._every_step(grads)[torch.tensor(at, device=grads[0].device)]
+            g = self._every_step(grads)
+            if len(at) < g.shape[0]:  # else every step, in order
+                g = g[torch.tensor(at, device=g.device)]
             return TapResult(*self.window.by_lag(stacked_norms(g), np.asarray(at)))
         n = len(self.cuts)
         g = torch.stack(grads[:n])

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from pytest_gradhealth.engine.sequences import Window
+from pytest_gradhealth.engine.taps import segments
 from pytest_gradhealth.engine.taps.base import TapResult, sequence_result
 
 
@@ -21,6 +22,10 @@ class InputTap:
         self.x = torch.empty(0)
 
     def attach(self, model: Any, x: torch.Tensor, stack: contextlib.ExitStack) -> torch.Tensor:
+        if (
+            self.window.seq_len >= segments.SEGMENT_FROM_STEPS
+        ):  # a long sequence: its fused modules' graphs held in segments
+            segments.run_in_segments(model, self.window.seq_len, stack)
         self.x = x.requires_grad_(True)
         return self.x
 

@@ -1,0 +1,294 @@
+"""The probe's fast paths (issue 15) give the answers of the plain computations they replace; long probes that would
+not fit in memory are refused before they run."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from pytest_gradhealth import probe
+from pytest_gradhealth.engine import forward, memory
+from pytest_gradhealth.engine.options import make_options
+from pytest_gradhealth.engine.probe import model_facts
+from pytest_gradhealth.engine.taps import lstm, scans, segments
+from pytest_gradhealth.engine.taps.base import subnormal_steps
+from pytest_gradhealth.errors import GradHealthError, InvalidArgumentError
+
+
+def exact_subnormal(g: torch.Tensor) -> list[bool]:
+    """Per step (axis 1), whether any entry of a (batch, seq, features) tensor is nonzero and below the smallest
+    normal number, one entry at a time in Python."""
+    tiny = torch.finfo(g.dtype).tiny
+    return [any(0 < abs(float(v)) < tiny for v in g[:, t].flatten()) for t in range(g.shape[1])]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_subnormal_steps_are_the_entries_between_zero_and_the_smallest_normal_number(dtype):
+    info = torch.finfo(dtype)
+    g = torch.ones(2, 6, 3, dtype=dtype)
+    g[0, 0, 0] = 0.0  # zero: not subnormal
+    g[1, 1, 2] = info.tiny  # the smallest normal number: not subnormal
+    g[0, 2, 1] = -info.tiny * info.eps  # the smallest subnormal number, negative
+    g[1, 3, 0] = info.tiny - info.tiny * info.eps  # the largest subnormal number
+    g[0, 4, 2] = float("nan")  # NaN and inf take the exact test and are not subnormal
+    g[1, 5, 1] = float("inf")
+    expected = [False, False, True, True, False, False]
+    assert exact_subnormal(g) == expected
+    assert subnormal_steps([g], "batch-time-feature").tolist() == expected
+    assert not subnormal_steps([torch.ones(2, 6, 3, dtype=dtype)], "batch-time-feature").any()
+
+
+def test_subnormal_steps_of_one_gradient_per_step_and_of_a_time_major_one():
+    g = torch.ones(2, 4, 3)
+    g[1, 2, 0] = 1e-40
+    assert subnormal_steps([g[:, t] for t in range(4)], "batch-time-feature").tolist() == [False, False, True, False]
+    assert subnormal_steps([g.transpose(0, 1)], "time-batch-feature").tolist() == [False, False, True, False]
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("length", [3, 32, 127, 128, 1000])
+def test_the_blocked_scan_is_the_sequential_recurrence_at_long_lengths(length, reverse):
+    gen = torch.Generator().manual_seed(length)
+    a = torch.rand(length, 3, generator=gen, dtype=torch.float64) * 1.9 - 0.95
+    b = torch.randn(length, 3, generator=gen, dtype=torch.float64)
+    y, expected = torch.zeros(3, dtype=torch.float64), torch.empty_like(b)
+    for t in range(length - 1, -1, -1) if reverse else range(length):
+        y = expected[t] = a[t] * y + b[t]
+    torch.testing.assert_close(scans.linear_scan(a, b, reverse=reverse), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_tanh_by_the_sigmoid_is_tanh():
+    x = torch.linspace(-30, 30, 10001, dtype=torch.float64)
+    torch.testing.assert_close(lstm.tanh(x), torch.tanh(x), rtol=0, atol=4e-16)
+
+
+def test_the_pre_activations_are_the_gate_products():
+    torch.manual_seed(0)
+    cell = torch.nn.LSTMCell(3, 4).double()
+    x, h = torch.randn(5, 2, 3, dtype=torch.float64), torch.randn(5, 2, 4, dtype=torch.float64)
+    expected = x @ cell.weight_ih.T + h @ cell.weight_hh.T + cell.bias_ih + cell.bias_hh
+    rows = slice(4, 12)
+    torch.testing.assert_close(lstm.pre_activations(x, h, cell, "", rows), expected[..., rows], rtol=1e-13, atol=1e-15)
+
+
+class TwoStates(torch.nn.Module):
+    def forward(self, x, h, c, scale=1.0):
+        return x
+
+
+def test_the_required_arguments_of_a_forward_are_read_once_per_function(monkeypatch):
+    calls = []
+    signature = forward.inspect.signature
+    monkeypatch.setattr(forward.inspect, "signature", lambda f: calls.append(f) or signature(f))
+    first, second = TwoStates(), TwoStates()
+    assert forward._state_arguments(first, 3) == [None, None]
+    assert forward._state_arguments(second, 3) == [None, None]  # another instance of the class: same function
+    assert len(calls) == 1
+
+    def plain(x, h):  # the same reading for a plain callable, whose signature has no self
+        return x
+
+    assert forward._state_arguments(plain, 3) == [None]
+    assert forward._state_arguments(functools.partial(plain, h=None), 3) == []
+    assert forward._state_arguments(len, 3) == []  # a builtin: no signature, nothing passed
+
+
+def short_check(monkeypatch, available: int) -> list[int]:
+    """Estimate from 600 steps on (instead of 2**14), with `available` bytes; the pilots' lengths are recorded."""
+    monkeypatch.setattr(memory, "CHECK_FROM_STEPS", 600)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: available)
+    lengths: list[int] = []
+    growth = memory._growth
+    monkeypatch.setattr(memory, "_growth", lambda *a: lengths.append(a[1].run_len) or growth(*a))
+    return lengths
+
+
+def test_a_probe_that_would_not_fit_is_refused_with_the_estimate_and_what_to_pass(monkeypatch):
+    short_check(monkeypatch, available=1024)  # 1000 steps of an nn.RNN at batch 8 take more than 1 KiB
+    rnn = torch.nn.RNN(2, 2, batch_first=True)
+    state = torch.get_rng_state()
+    with pytest.raises(InvalidArgumentError) as caught:
+        probe(rnn, 1000)
+    message = str(caught.value)
+    assert "over 1000 steps" in message and "0.00 GiB is available" in message
+    assert "KiB per step" in message and "shorter seq_len" in message and "batch_size=" in message
+    fits = int(re.search(r"about (\d+) steps fit", message).group(1))
+    assert 0 <= fits < 1000
+    assert torch.equal(torch.get_rng_state(), state)  # the pilot runs under the probe's guard
+
+
+def test_a_probe_that_fits_runs_as_without_the_check(monkeypatch):
+    rnn = torch.nn.RNN(2, 2, batch_first=True)
+    unchecked = probe(rnn, 700)
+    lengths = short_check(monkeypatch, available=2**40)
+    before = [p.detach().clone() for p in rnn.parameters()]
+    checked = probe(rnn, 700)
+    assert lengths == [700]
+    np.testing.assert_array_equal(checked.norms, unchecked.norms)
+    assert all(torch.equal(a, b) for a, b in zip(before, rnn.parameters(), strict=True))
+    assert all(p.grad is None for p in rnn.parameters())
+
+
+def test_short_probes_are_not_estimated(monkeypatch):
+    lengths = short_check(monkeypatch, available=0)
+    probe(torch.nn.RNN(2, 2, batch_first=True), 599)
+    assert lengths == []
+
+
+def test_the_pilot_reads_the_growth_of_the_graph_per_step():
+    rnn = torch.nn.RNN(2, 2, batch_first=True)
+    options = make_options(rnn, 10**6, {})
+    if memory.in_use_bytes(torch.device("cpu")) is None:
+        pytest.skip("no glibc mallinfo2 here: the CPU estimate is not made")
+    per_step, _ = memory._growth(rnn, options, model_facts(rnn, options))
+    # An nn.RNN step at batch 8 keeps three small tensors (208 bytes of values) and their autograd nodes: kilobytes.
+    assert 208 < per_step < 64 * 1024
+    assert memory.available_bytes(torch.device("cpu")) > 0
+
+
+def plain_and_segmented(module: torch.nn.RNNBase, x: torch.Tensor, hx, length: int):
+    """The module's outputs and the gradients of a loss on them w.r.t. x (and hx), run plainly and in segments."""
+    results = []
+    for segmented in (False, True):
+        states = () if hx is None else hx if isinstance(hx, tuple) else (hx,)
+        leaves = [t.detach().requires_grad_(True) for t in (x, *states)]
+        state = None if hx is None else tuple(leaves[1:]) if isinstance(hx, tuple) else leaves[1]
+        with contextlib.ExitStack() as stack:
+            if segmented:
+                segments.run_in_segments(module, x.shape[1], stack, segment=length)
+            out, final = module(leaves[0], state)
+        finals = final if isinstance(final, tuple) else (final,)
+        loss = (out * torch.linspace(-1, 1, out.shape[-1], dtype=out.dtype)).sum() + sum(f.sum() for f in finals)
+        results.append([out, *finals, *torch.autograd.grad(loss, leaves)])
+    return results
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: torch.nn.RNN(3, 4, num_layers=2, batch_first=True),
+        lambda: torch.nn.RNN(3, 4, nonlinearity="relu", batch_first=True, bias=False),
+        lambda: torch.nn.LSTM(3, 5, num_layers=2, proj_size=2, batch_first=True),
+        lambda: torch.nn.GRU(3, 4, num_layers=2, batch_first=False),
+    ],
+)
+@pytest.mark.parametrize("given_state", [False, True])
+def test_a_module_run_in_segments_gives_its_own_outputs_and_gradients(make, given_state):
+    torch.manual_seed(0)
+    module = make().double()
+    x = torch.randn(2, 10, 3, dtype=torch.float64)  # 10 steps in segments of 3: the last segment is shorter
+    if not module.batch_first:
+        x = x.transpose(0, 1).contiguous()
+    hx = None
+    if given_state:
+        h = torch.randn(module.num_layers, 2, module.proj_size or module.hidden_size, dtype=torch.float64)
+        c = torch.randn(module.num_layers, 2, module.hidden_size, dtype=torch.float64)
+        hx = (h, c) if module.mode == "LSTM" else h
+    plain, segmented = plain_and_segmented(module, x, hx, 3)
+    assert len(plain) == len(segmented)
+    for a, b in zip(plain, segmented, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-14)
+    assert "forward" not in vars(module)  # the stand-in is gone with the stack
+
+
+def test_segments_leave_packed_inputs_and_dropout_between_layers_to_the_module():
+    module = torch.nn.LSTM(3, 4, num_layers=2, dropout=0.5)
+    calls = []
+    with contextlib.ExitStack() as stack:
+        segments.run_in_segments(module, 10, stack, segment=3)
+        original = segments.Segment.apply
+        stack.enter_context(pytest.MonkeyPatch.context()).setattr(
+            segments.Segment, "apply", lambda *a: calls.append(1) or original(*a)
+        )
+        module(torch.randn(10, 2, 3))  # train mode with dropout: the module's own forward draws its masks
+        packed = torch.nn.utils.rnn.pack_padded_sequence(torch.randn(10, 2, 3), [10, 7])
+        module(packed)
+        assert calls == []
+        module.eval()
+        module(torch.randn(10, 2, 3))
+        assert len(calls) == 4  # ceil(10 / 3) segments
+
+
+def test_a_long_probe_runs_its_fused_module_in_segments_with_the_same_profile(monkeypatch):
+    torch.manual_seed(0)
+    lstm_model = torch.nn.LSTM(3, 4, batch_first=True).double()
+    plain = probe(lstm_model, 64)
+    calls = []
+    original = segments.Segment.apply
+    monkeypatch.setattr(segments.Segment, "apply", lambda *a: calls.append(1) or original(*a))
+    monkeypatch.setattr(segments, "SEGMENT_FROM_STEPS", 64)
+    monkeypatch.setattr(memory, "CHECK_FROM_STEPS", 10**9)
+    segmented = probe(lstm_model, 64)
+    assert len(calls) == 8  # sqrt(64) segments
+    np.testing.assert_allclose(segmented.norms, plain.norms, rtol=1e-12, atol=0)
+    assert all(p.grad is None for p in lstm_model.parameters())
+
+
+def test_segments_keep_a_fraction_of_the_memory_per_step():
+    rnn = torch.nn.RNN(2, 2, batch_first=True)
+    if memory.in_use_bytes(torch.device("cpu")) is None:
+        pytest.skip("no glibc mallinfo2 here: memory in use cannot be read")
+    per_step = {}
+    for measure in ("input", "hidden"):  # input: in segments; hidden: the whole graph
+        options = make_options(rnn, 10**6, {"measure": measure})
+        per_step[measure] = memory._growth(rnn, options, model_facts(rnn, options))[0]
+    # Measured: about 170 bytes against 4,200 per step at batch 8.
+    assert per_step["input"] < per_step["hidden"] / 5
+
+
+class WritesItsInput(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = torch.nn.RNN(3, 4, batch_first=True)
+
+    def forward(self, x):
+        x.mul_(2.0)
+        return self.rnn(x)[0]
+
+
+@pytest.mark.parametrize("measure", ["input", "hidden"])
+def test_given_inputs_are_never_changed_by_a_model_that_writes_into_its_input(measure):
+    inputs = torch.randn(2, 5, 3)
+    before = inputs.clone()
+    model = WritesItsInput()
+    if measure == "input":  # not copied: the write into a leaf that requires grad fails
+        with pytest.raises(GradHealthError, match="in-place"):
+            probe(model, 5, inputs=inputs)
+    else:  # copied: the model writes into the probe's copy
+        probe(model, 5, inputs=inputs, measure=measure)
+    assert torch.equal(inputs, before) and not inputs.requires_grad
+
+
+class ScaledLSTM(torch.nn.LSTM):
+    def forward(self, input, hx=None):
+        output, state = super().forward(input, hx)
+        return 2 * output, state
+
+
+def test_only_stock_forward_in_time_modules_are_segmented():
+    assert segments.segmentable(torch.nn.GRU(2, 3)) and segments.segmentable(torch.nn.RNN(2, 3, nonlinearity="relu"))
+    assert not segments.segmentable(torch.nn.LSTM(2, 3, bidirectional=True))  # its backward direction needs the end
+    assert not segments.segmentable(ScaledLSTM(2, 3))  # a forward of its own: left as it is
+    assert not segments.segmentable(torch.nn.LSTMCell(2, 3))
+
+
+class FixedLength(torch.nn.Module):
+    """Reads its whole sequence as one vector: it runs at one length only."""
+
+    def __init__(self, steps: int) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(steps * 2, 3)
+
+    def forward(self, x):
+        return self.linear(x.reshape(x.shape[0], -1))
+
+
+def test_a_model_that_runs_at_one_length_only_is_probed_without_the_estimate(monkeypatch):
+    short_check(monkeypatch, available=1024)  # the pilot fails at 256 steps: no refusal from it
+    profile = probe(FixedLength(700), 700, input_size=2)
+    assert profile.seq_len == 700
