@@ -4,7 +4,12 @@ import os
 
 import pytest
 import torch
+import torch._dynamo
 from torch import nn
+
+# torch.manual_seed imports torch._dynamo on first use, which registers an operator library once per process. Imported
+# first inside an in-process pytester run, it would be taken out of sys.modules after it, and the next import would
+# register the library again and fail: import it here, before any test runs.
 
 # Under xdist each worker gets one core's worth of threads: oversubscribed intra-op threads spin and crawl.
 if os.environ.get("PYTEST_XDIST_WORKER"):
