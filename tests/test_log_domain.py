@@ -16,6 +16,7 @@ from zoo import RNNCellLoop, seeded
 
 from pytest_gradhealth import GradientProfile, ReportFormatError, probe, reference
 from pytest_gradhealth.engine import probe as engine
+from pytest_gradhealth.engine import renormalise
 from pytest_gradhealth.engine.options import make_options
 from pytest_gradhealth.engine.renormalise import Renormaliser
 from pytest_gradhealth.metrics import METRICS, log10_number
@@ -29,7 +30,7 @@ def renormalised(model: nn.Module, seq_len: int, chunk: int, **given) -> Gradien
     """The probe's pass with the backward renormalised every `chunk` steps, whether or not it needs it."""
     options = make_options(model, seq_len, given)
     facts = engine.model_facts(model, options)
-    renormaliser = Renormaliser(chunk, options.run_len, per_sample=options.mode == "eval")
+    renormaliser = Renormaliser(chunk, options)
     return engine._pass(model, options, facts, renormaliser)[0]
 
 
@@ -78,8 +79,10 @@ class Stacked(nn.Module):
     ],
 )
 @pytest.mark.parametrize("chunk", [1, 7, 40])
-def test_a_renormalised_pass_equals_the_plain_one_in_float64(build, options, chunk):
-    """Powers of two are exact: in float64, where nothing underflows, both passes agree to rounding."""
+def test_a_renormalised_pass_equals_the_plain_one_in_float64(build, options, chunk, monkeypatch):
+    """Powers of two are exact: in float64, where nothing underflows, both passes agree to rounding (here every
+    boundary rescales, however large the gradient crossing it)."""
+    monkeypatch.setattr(renormalise, "LAZY", 0)
     torch.manual_seed(0)
     model = build().double()
     plain = probe(model, 60, **options)
@@ -90,6 +93,19 @@ def test_a_renormalised_pass_equals_the_plain_one_in_float64(build, options, chu
     np.testing.assert_allclose(scaled.log10_sample_norms, np.log10(plain.sample_norms), rtol=0, atol=1e-12)
     assert scaled.rate == pytest.approx(plain.rate, rel=1e-12)
     assert scaled.log10_ratio == pytest.approx(math.log10(plain.ratio), abs=1e-12)
+
+
+def test_a_long_probe_in_range_is_run_in_chunks_that_rescale_nothing():
+    """From 2 * first_chunk steps on, the first pass runs in chunks; a gradient that stays within 2**+-LAZY crosses
+    every boundary untouched, so the profile is the plain pass's (to the rounding of chunked kernel calls)."""
+    model = reference.lstm(32, 64, forget_bias=3.0)
+    options = make_options(model, 300, {})
+    facts = engine.model_facts(model, options)
+    assert options.run_len > 2 * renormalise.first_chunk(torch.float32)
+    chunked = probe(model, 300)
+    plain = engine._pass(model, options, facts, None)[0]
+    assert chunked.log10_sample_norms is None and plain.log10_norms.min() > -6
+    np.testing.assert_allclose(chunked.log10_norms, plain.log10_norms, rtol=0, atol=1e-5)
 
 
 def own_renormalised_log10_norms(rnn: nn.RNN, x: torch.Tensor, v: torch.Tensor) -> np.ndarray:

@@ -206,24 +206,33 @@ def measure_profile(model: nn.Module | Callable[..., Any], options: ProbeOptions
 
 
 def _measure(model: Any, options: ProbeOptions, facts: ModelFacts) -> GradientProfile:
-    """The probe's pass, and where it left the dtype's range, a renormalised one (`renormalise.py`) when the model
-    allows it."""
-    profile, out_of_range = _pass(model, options, facts, None)
-    if not out_of_range or not renormalise.possible(model, options):
+    """The probe's pass, renormalised where the model allows it (`renormalise.py`): from the start for a sequence long
+    enough to leave the dtype's range (its rescaling engages only where the gradient does), else where the plain
+    pass left the range."""
+    renormalisable = renormalise.possible(model, options)
+    chunk = renormalise.first_chunk(facts.dtype)
+    plain = None
+    profile, out_of_range = None, True
+    if renormalisable and options.measure == "input" and options.run_len > 2 * chunk:
+        with contextlib.suppress(renormalise.NotRenormalisable):
+            profile, out_of_range = _pass(model, options, facts, renormalise.Renormaliser(chunk, options))
+    if profile is None:
+        plain, out_of_range = _pass(model, options, facts, None)
+        profile, chunk = plain, 2 * options.run_len  # no chunk tried yet
+    if not out_of_range or not renormalisable:
         return profile
-    plain = profile
-    chunk = renormalise.chunk_length(plain.log10_norms, plain.steps, facts.dtype, options.run_len)
     for _ in range(renormalise.TRIES):
-        renormaliser = renormalise.Renormaliser(chunk, options.run_len, per_sample=options.mode == "eval")
+        chunk = renormalise.chunk_length(profile.log10_norms, profile.steps, facts.dtype, options.run_len, chunk)
         try:
-            profile, out_of_range = _pass(model, options, facts, renormaliser)
+            profile, out_of_range = _pass(model, options, facts, renormalise.Renormaliser(chunk, options))
         except renormalise.NotRenormalisable:
-            return plain
-        if not renormalise.agrees(plain.log10_norms, profile.log10_norms, plain.norms, facts.dtype):
+            return plain or _pass(model, options, facts, None)[0]
+        if plain is not None and not renormalise.agrees(
+            plain.log10_norms, profile.log10_norms, plain.norms, facts.dtype
+        ):
             return plain  # some path between the steps bypasses the recurrent states
         if not out_of_range or chunk == 1 or np.isnan(profile.log10_norms).any():  # shorter chunks cannot fix a NaN
             break
-        chunk = max(1, chunk // 2)
     return profile
 
 
@@ -270,7 +279,7 @@ def _pass(
     zeros = _zeros(norms, result.subnormal, facts.dtype)
     out_of_range = renormalise.needed(norms, zeros, result.subnormal)
     log10_samples = None
-    if renormaliser is not None:  # the pass's norms times known powers of two: take them off in log10
+    if renormaliser is not None and renormaliser.engaged:  # norms times known powers of two: take them off in log10
         with np.errstate(divide="ignore"):
             logs = np.log10(result.norms) - renormaliser.log10_factors(batch)[:, window.steps]
         log10_samples = np.where(result.valid, logs, np.nan)

@@ -37,8 +37,12 @@ from pytest_gradhealth.engine.taps.fused import layer_weights
 # Modules whose steps meet other than through a recurrent state: a renormalised pass would scale some paths and not
 # others across a boundary.
 _MIXES_TIME = (nn.Conv1d, nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
-# The share of the dtype's range (in decades, from 1 down to its smallest normal number) one chunk may use up.
-_CHUNK_RANGE = 0.5
+# A boundary rescales a sample's gradient only where its largest entry lies outside [2**-LAZY, 2**LAZY]: a gradient in
+# range crosses untouched, so a model whose gradient stays in range (or that some path keeps in range) is measured
+# exactly as by a plain pass, and one that leaves it is rescaled to [0.5, 1).
+LAZY = 20
+# The steepest decay (or growth) per step, in decades, that a chunk of `first_chunk` steps holds in range.
+_STEEPEST = 0.5
 TRIES = 4  # chunk lengths tried, halving, while a renormalised pass still leaves the range
 
 
@@ -70,15 +74,23 @@ def needed(norms: np.ndarray, zeros: str | None, subnormal: np.ndarray | None) -
     return zeros == "underflow" or (subnormal is not None and bool(subnormal.any())) or not np.isfinite(norms).all()
 
 
-def chunk_length(log10_norms: np.ndarray, steps: np.ndarray, dtype: torch.dtype, run_len: int) -> int:
-    """Steps per chunk: what the steepest change per step seen in the plain pass covers in half the range."""
-    decades = _CHUNK_RANGE * -math.log10(torch.finfo(dtype).tiny)
+def first_chunk(dtype: torch.dtype) -> int:
+    """Steps per chunk for a first renormalised pass: what a decay of `_STEEPEST` decades per step (a tanh RNN at
+    PyTorch's default initialisation loses about 0.32) covers between 2**-LAZY and the dtype's smallest normal number:
+    63 steps in float32, 603 in float64."""
+    room = -math.log10(torch.finfo(dtype).tiny) - LAZY * math.log10(2.0)
+    return max(4, int(room / _STEEPEST))
+
+
+def chunk_length(log10_norms: np.ndarray, steps: np.ndarray, dtype: torch.dtype, run_len: int, tried: int) -> int:
+    """Steps per chunk after a pass that left the range: what the steepest change per step seen in it (where it was in
+    range) covers in half the dtype's range, and at most half of the chunk `tried`."""
+    decades = 0.5 * -math.log10(torch.finfo(dtype).tiny)
     ok = np.isfinite(log10_norms)
     changes = np.abs(np.diff(log10_norms[ok])) / np.maximum(np.diff(steps[ok]), 1)
     steepest = float(changes.max()) if changes.size else 0.0
-    if steepest <= 0.0:
-        return max(1, min(run_len, 8))
-    return int(max(1, min(run_len, decades // steepest)))
+    fits = int(decades // steepest) if steepest > 0.0 else run_len
+    return max(1, min(run_len, fits, tried // 2))
 
 
 def agrees(plain: np.ndarray, renormalised: np.ndarray, plain_norms: np.ndarray, dtype: torch.dtype) -> bool:
@@ -113,8 +125,10 @@ def _times_power_of_two(g: torch.Tensor, exponent: torch.Tensor) -> torch.Tensor
 class Renormaliser:
     """Stands in for every nn.RNN/LSTM/GRU's forward for one probe: layers run chunk by chunk, states rescaled."""
 
-    def __init__(self, chunk: int, run_len: int, per_sample: bool) -> None:
-        self.run_len, self.per_sample = run_len, per_sample
+    def __init__(self, chunk: int, options: ProbeOptions) -> None:
+        # per sample in eval mode; one factor for the batch in train mode, where batch statistics can mix samples
+        self.run_len, self.per_sample = options.run_len, options.mode == "eval"
+        run_len = self.run_len
         self.ends = list(range(chunk - 1, run_len - 1, chunk))  # each chunk's last step; the last chunk has none
         self._boundaries = {end: boundary for boundary, end in enumerate(self.ends)}
         self.calls = 0  # modules run through `carry` in the forward pass
@@ -126,6 +140,11 @@ class Renormaliser:
         for _, module, _ in kinds.contained(model, "sequence"):
             if module is not measured:
                 stand_in_forward(module, self._runner(module), stack)
+
+    @property
+    def engaged(self) -> bool:
+        """Whether some boundary rescaled some sample's gradient."""
+        return any(bool(e.any()) for e in self.exponents.values())
 
     def ran(self, tap: Any) -> bool:
         """Whether the forward pass went through the chunks (a model may call a module's class forward directly)."""
@@ -144,7 +163,7 @@ class Renormaliser:
             if not self.per_sample:
                 largest = largest.amax().expand_as(largest)
             _, power = torch.frexp(largest)  # largest = m * 2**power, m in [0.5, 1)
-            usable = torch.isfinite(largest) & (largest > 0)
+            usable = torch.isfinite(largest) & (largest > 0) & ((power <= -LAZY) | (power > LAZY))
             self.exponents[boundary] = torch.where(usable, -power, torch.zeros_like(power)).to(torch.int64)
         return self.exponents[boundary]
 
