@@ -213,7 +213,7 @@ def _measure(model: Any, options: ProbeOptions, facts: ModelFacts) -> GradientPr
     chunk = renormalise.first_chunk(facts.dtype)
     plain = None
     profile, out_of_range = None, True
-    if renormalisable and options.measure == "input" and options.run_len >= 4 * chunk:
+    if renormalisable and options.run_len >= 4 * chunk:
         with contextlib.suppress(renormalise.NotRenormalisable):
             profile, out_of_range = _pass(model, options, facts, renormalise.Renormaliser(chunk, options))
     if profile is None:

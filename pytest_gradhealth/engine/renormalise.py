@@ -10,10 +10,10 @@ gradient at the step is the true one times the product of the factors of the bou
 exact however small it is. Per sample in eval mode (samples do not mix); one factor for the batch in train mode,
 where batch statistics can mix them.
 
-A state measure's module is run by its tap (split at every measured step), which hands its states on through the same
-rescaling. Not for a model whose steps meet other than through those states: bidirectional layers, cells called in a
-loop, convolutions or attention over time, modules of the user's own; nor for weight contributions, which sum over
-steps. Such a model keeps its plain profile (with its
+A state measure's module is run by its tap (chunk by chunk, `FusedStatesTap._every_step`), which hands its states on
+through the same rescaling. Not for a model whose steps meet other than through those states: bidirectional layers,
+cells called in a loop, convolutions or attention over time, modules of the user's own; nor for weight
+contributions, which sum over steps. Such a model keeps its plain profile (with its
 underflow flagged); the renormalised one must also agree with the plain one wherever the latter is in range.
 """
 

@@ -117,10 +117,12 @@ class FusedStatesTap:
                 f"{self.window.seq_len}; the measured states must be the probe's timesteps"
             )
         initial = self._initial_states(x, hx)
-        unmeasured = {x.shape[0] - 1, *last, *self.aliased, *(self.renormaliser.ends if self.renormaliser else ())}
-        split = sorted({*unmeasured, *self.measured_at})
+        ends = set(self.renormaliser.ends) if self.renormaliser else set()  # where a renormalised pass rescales
+        unmeasured = {x.shape[0] - 1, *last, *self.aliased}
+        split = sorted({*unmeasured, *ends, *self.measured_at})
         work = x.shape[0] * x.shape[1] / len(split)
-        self.one_call = self.renormaliser is None and one_call(module, self.request, work, len(unmeasured) > 1)
+        self.one_call = one_call(module, self.request, work, len(unmeasured) > 1)
+        unmeasured |= ends
         finals = []
         for layer in range(module.num_layers):
             measured = layer == self.layer
@@ -200,9 +202,9 @@ class FusedStatesTap:
                 f"the model never called its {type(self.module).__name__} in the forward pass, so it has no states "
                 "to measure; pass module= naming the one it uses"
             )
-        if self.one_call:  # and c_n, read only by the module's final state on this path
-            cell = [self.states[self.cuts[-1]][1]] if self.request.measure == "cell" else []
-            return [self.layer_output, self.recurrent, *cell]
+        if self.one_call:  # and the states at the cuts: each chunk's last step, where the next chunk takes them on
+            cell = [self.states[t][1] for t in self.cuts] if self.request.measure == "cell" else []
+            return [self.layer_output, self.recurrent, *(self.states[t][0] for t in self.cuts), *cell]
         tensors = [self.states[t][0] for t in self.cuts]
         if self.request.measure == "cell":
             tensors += [self.states[t][1] for t in self.cuts]
@@ -234,17 +236,35 @@ class FusedStatesTap:
         return torch.cat([self.initial[None], self.outputs[:-1]])
 
     def _every_step(self, grads: list[torch.Tensor]) -> torch.Tensor:
-        """The one-call path's dL/dh_t (or dL/dc_t) at every step, from the gradients at `measured()`."""
+        """The one-call path's dL/dh_t (or dL/dc_t) at every step, from the gradients at `measured()`, chunk by chunk.
+
+        Within a chunk, dL/dh_t is the gradient at the output at step t plus dL/du_{t+1}, h_t's path into step t+1; at
+        a chunk's last step it is the gradient at the state there, which the next chunk takes on (rescaled, in a
+        renormalised pass: the chunks' gradients are each in their own scale, so nothing crosses a cut here).
+        """
         suffix = f"_l{self.layer}"
-        if self.module.mode == "GRU":
-            return scans.gru_hidden(grads[0], grads[1], self.inputs, self._previous_hidden(), self.module, suffix)
-        # At the output at step t, plus dL/du_{t+1}: h_t's path into step t+1 (none after the last step).
-        hidden = grads[0] + nn.functional.pad(grads[1][1:], (0, 0, 0, 0, 0, 1))
-        if self.request.measure == "hidden":
-            return hidden
-        return scans.lstm_cell(
-            hidden, grads[2], self.inputs, self._previous_hidden(), self.initial_cell, self.module, suffix
-        )
+        n = len(self.cuts)
+        at_state, at_cell = grads[2 : 2 + n], grads[2 + n : 2 + 2 * n]
+        h_prev = self._previous_hidden()
+        pieces, start = [], 0
+        for j, end in enumerate(self.cuts):
+            steps = slice(start, end + 1)
+            at_output = grads[0][steps].clone()
+            at_output[-1] = at_state[j]
+            if self.module.mode == "GRU":
+                pieces.append(
+                    scans.gru_hidden(at_output, grads[1][steps], self.inputs[steps], h_prev[steps], self.module, suffix)
+                )
+            else:
+                hidden = at_output + nn.functional.pad(grads[1][start + 1 : end + 1], (0, 0, 0, 0, 0, 1))
+                if self.request.measure == "cell":
+                    cell = self.initial_cell if j == 0 else self.states[self.cuts[j - 1]][1].detach()
+                    hidden = scans.lstm_cell(
+                        hidden, at_cell[j], self.inputs[steps], h_prev[steps], cell, self.module, suffix
+                    )
+                pieces.append(hidden)
+            start = end + 1
+        return torch.cat(pieces)
 
 
 def _own_steps(states: dict[int, tuple[torch.Tensor, ...]], steps: list[int]) -> tuple[torch.Tensor, ...]:
