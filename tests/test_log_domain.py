@@ -286,3 +286,60 @@ def test_a_long_renormalised_probe_holds_one_chunks_graph_at_a_time_with_the_sam
     rebuilt = probe(model, 400)
     assert kept.log10_sample_norms is not None and calls
     np.testing.assert_allclose(rebuilt.log10_sample_norms, kept.log10_sample_norms, rtol=0, atol=1e-5)
+
+
+class Seq2Seq(nn.Module):
+    """An encoder hands its final state to a decoder that runs over as many (zero) steps: the gradient reaches the
+    encoder only through the decoder's first step, a jump across the chunks' order in time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.RNN(4, 32, batch_first=True)
+        self.decoder = nn.RNN(4, 32, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, state = self.encoder(x)
+        return self.decoder(torch.zeros_like(x), state)[0]
+
+
+class Projected(nn.Module):
+    """A projection before the LSTM: the LSTM does not read the probe's input tensor itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.project = nn.Linear(4, 8)
+        self.lstm = nn.LSTM(8, 16, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lstm(self.project(x))[0]
+
+
+def counted_passes(monkeypatch) -> list:
+    calls = []
+    original = engine._pass
+    monkeypatch.setattr(engine, "_pass", lambda *a: calls.append(a[3] is not None) or original(*a))
+    return calls
+
+
+def test_an_initial_state_computed_from_other_steps_is_never_renormalised(monkeypatch):
+    torch.manual_seed(0)
+    model = Seq2Seq()
+    with torch.no_grad():  # orthogonal recurrences: the gradient falls to ~1e-23, below 2**-20, within float32
+        for rnn in (model.encoder, model.decoder):
+            nn.init.orthogonal_(rnn.weight_hh_l0)
+            rnn.weight_ih_l0.mul_(0.1)
+    calls = counted_passes(monkeypatch)
+    profile = probe(model, 300)
+    assert calls == [True, False]  # the chunked pass was refused, the plain one kept
+    assert profile.log10_sample_norms is None and profile.log10_norms.min() < -20
+
+
+def test_a_chunked_first_pass_is_checked_against_a_plain_one_unless_the_module_reads_the_probes_input(monkeypatch):
+    torch.manual_seed(0)
+    calls = counted_passes(monkeypatch)
+    direct = probe(nn.LSTM(4, 16, batch_first=True), 300)
+    assert direct.log10_sample_norms is not None and calls == [True]  # one pass: the LSTM reads the probe's input
+    calls.clear()
+    torch.manual_seed(0)
+    projected = probe(Projected(), 300)
+    assert projected.log10_sample_norms is not None and calls == [True, False]  # checked against a plain pass

@@ -33,6 +33,7 @@ from pytest_gradhealth.engine.options import ProbeOptions
 from pytest_gradhealth.engine.taps import segments
 from pytest_gradhealth.engine.taps.base import stand_in_forward
 from pytest_gradhealth.engine.taps.fused import layer_weights
+from pytest_gradhealth.errors import GradHealthError
 
 # Modules whose steps meet other than through a recurrent state: a renormalised pass would scale some paths and not
 # others across a boundary.
@@ -46,8 +47,17 @@ _STEEPEST = 0.5
 TRIES = 4  # chunk lengths tried, halving, while a renormalised pass still leaves the range
 
 
-class NotRenormalisable(Exception):
-    """The model runs a recurrent module in a way the renormalised pass cannot split (a packed or shorter sequence)."""
+class NotRenormalisable(GradHealthError):
+    """The model runs a recurrent module in a way the renormalised pass cannot split (a packed or shorter sequence, an
+    initial state computed from other steps). Internal: the probe falls back to its plain pass."""
+
+
+def computed_state(module: nn.Module, hx: Any) -> None:
+    """Refuse an initial state computed on the graph (an encoder's final state handed to a decoder): the gradient
+    would jump from the decoder's first steps to the encoder's last, across the chunks' order in time."""
+    states = hx if isinstance(hx, (tuple, list)) else (hx,)
+    if any(isinstance(h, torch.Tensor) and h.grad_fn is not None for h in states):
+        raise NotRenormalisable(f"{type(module).__name__} starts from a state computed from other steps")
 
 
 def possible(model: Any, options: ProbeOptions) -> bool:
@@ -132,6 +142,8 @@ class Renormaliser:
         self.ends = list(range(chunk - 1, run_len - 1, chunk))  # each chunk's last step; the last chunk has none
         self._boundaries = {end: boundary for boundary, end in enumerate(self.ends)}
         self.calls = 0  # modules run through `carry` in the forward pass
+        self.inputs: list[Any] = []  # what each module run by the renormaliser was called with
+        self.trusted = False  # set after the forward pass: `self_evident`
         self.exponents: dict[int, torch.Tensor] = {}  # boundary -> the power of two applied to each sample
 
     def attach(self, model: nn.Module, stack: contextlib.ExitStack, measured: nn.Module | None = None) -> None:
@@ -145,6 +157,16 @@ class Renormaliser:
     def engaged(self) -> bool:
         """Whether some boundary rescaled some sample's gradient."""
         return any(bool(e.any()) for e in self.exponents.values())
+
+    def self_evident(self, tap: Any, x: torch.Tensor) -> bool:
+        """Whether the steps provably line up with the chunks without a plain pass to compare with: one recurrent
+        module ran, on the probe's own input or the tensor the tap measures (or, for a state measure, only the measured
+        module ran)."""
+        if getattr(tap, "renormaliser", None) is self:
+            return self.calls == 0
+        return self.calls == 1 and any(self.inputs[0] is measured for measured in (x, *tap.measured()))
+
+    computed_state = staticmethod(computed_state)
 
     def ran(self, tap: Any) -> bool:
         """Whether the forward pass went through the chunks (a model may call a module's class forward directly)."""
@@ -188,7 +210,9 @@ class Renormaliser:
         x = input.transpose(0, 1) if module.batch_first else input
         if x.shape[0] != self.run_len:
             raise NotRenormalisable(f"{type(module).__name__} runs {x.shape[0]} steps")
+        computed_state(module, hx)
         self.calls += 1
+        self.inputs.append(input)
         lstm = module.mode == "LSTM"
         if hx is None:
             sizes = [module.proj_size or module.hidden_size, module.hidden_size] if lstm else [module.hidden_size]

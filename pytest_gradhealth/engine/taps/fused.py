@@ -147,6 +147,8 @@ class FusedStatesTap:
 
     def _initial_states(self, x: torch.Tensor, hx: Any) -> list[tuple[torch.Tensor, ...]]:
         module = self.module
+        if self.renormaliser is not None:
+            self.renormaliser.computed_state(module, hx)
         if hx is None:
             sizes = [module.proj_size or module.hidden_size, module.hidden_size] if self.lstm else [module.hidden_size]
             hx = [x.new_zeros(module.num_layers, x.shape[1], size) for size in sizes]
