@@ -19,6 +19,7 @@ from pytest_gradhealth.engine import probe as engine
 from pytest_gradhealth.engine import renormalise
 from pytest_gradhealth.engine.options import make_options
 from pytest_gradhealth.engine.renormalise import Renormaliser
+from pytest_gradhealth.errors import InvalidArgumentError
 from pytest_gradhealth.metrics import METRICS, log10_number
 from pytest_gradhealth.report.export import build_report, load_report
 from pytest_gradhealth.report.gate import FailRule
@@ -343,3 +344,11 @@ def test_a_chunked_first_pass_is_checked_against_a_plain_one_unless_the_module_r
     torch.manual_seed(0)
     projected = probe(Projected(), 300)
     assert projected.log10_sample_norms is not None and calls == [True, False]  # checked against a plain pass
+
+
+def test_a_gradient_that_underflows_at_every_step_is_not_called_disconnected():
+    """An encoder-decoder at default initialisation: 300 decoder steps take the whole float32 gradient below its range
+    (and the decoder's state is computed, so no renormalised pass). The error says so and names dtype=."""
+    torch.manual_seed(0)
+    with pytest.raises(InvalidArgumentError, match=r"underflowed to exactly zero at every one .* dtype=torch.float64"):
+        probe(Seq2Seq(), 300)

@@ -201,8 +201,27 @@ def measure_profile(model: nn.Module | Callable[..., Any], options: ProbeOptions
         options = replace(options, input_size=found.input_size)
         profile = _measure(model, options, model_facts(model, options))
     _check_layout(model, options, profile)
+    _check_underflowed_everywhere(model, options, profile)
     _check_connected(profile, model)
     return profile
+
+
+def _check_underflowed_everywhere(model: Any, options: ProbeOptions, profile: GradientProfile) -> None:
+    """Never call a gradient that underflowed at every step disconnected: where the probe's dtype is not float64 and
+    every norm is zero, a float64 probe tells; if it finds gradient, the error names dtype=."""
+    if not np.all(profile.norms == 0.0) or profile.dtype == "float64" or not isinstance(model, nn.Module):
+        return
+    wider = replace(options, dtype=torch.float64)
+    try:
+        exact = _measure(model, wider, model_facts(model, wider))
+    except GradHealthError:
+        return
+    if np.any(exact.norms > 0.0):
+        raise InvalidArgumentError(
+            f"the gradient underflowed to exactly zero at every one of the {profile.seq_len} timesteps in "
+            f"{profile.dtype} (in float64 the last step gets {exact.norms[-1]:.3g} of it, step 0 "
+            f"10^{exact.log10_norms[0]:.1f}): nothing can be measured in {profile.dtype}; pass dtype=torch.float64"
+        )
 
 
 def _measure(model: Any, options: ProbeOptions, facts: ModelFacts) -> GradientProfile:
