@@ -22,6 +22,16 @@ FUSED_OPS: dict[str, Callable[..., Any]] = {
 }
 
 
+def initial_states(module: nn.RNNBase, x: torch.Tensor, hx: Any) -> tuple[torch.Tensor, ...]:
+    """The module's initial state as a tuple, h (and c for an LSTM), each (layers, batch, size): `hx` as the model
+    passed it, or zeros when it passed none. `x` is the time-major input."""
+    lstm = module.mode == "LSTM"
+    if hx is not None:
+        return tuple(hx) if lstm else (hx,)
+    sizes = [module.proj_size or module.hidden_size, module.hidden_size] if lstm else [module.hidden_size]
+    return tuple(x.new_zeros(module.num_layers, x.shape[1], size) for size in sizes)
+
+
 def run_layer(
     module: nn.RNNBase, x: torch.Tensor, hx: torch.Tensor | tuple[torch.Tensor, ...], weights: Sequence[torch.Tensor]
 ) -> tuple[torch.Tensor, ...]:

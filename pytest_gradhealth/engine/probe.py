@@ -38,7 +38,6 @@ from pytest_gradhealth.engine.sequences import (
 )
 from pytest_gradhealth.engine.taps.base import Tap
 from pytest_gradhealth.engine.taps.embedding import EmbeddingTap
-from pytest_gradhealth.engine.taps.fused import FusedStatesTap
 from pytest_gradhealth.engine.taps.inputs import InputTap
 from pytest_gradhealth.engine.target import state_tap
 from pytest_gradhealth.errors import (
@@ -281,10 +280,7 @@ def _pass(
         with contextlib.ExitStack() as stack:
             x = tap.attach(run_model, x, stack)
             if renormaliser is not None:
-                measured = tap.module if isinstance(tap, FusedStatesTap) else None
-                if isinstance(tap, FusedStatesTap):
-                    tap.renormaliser = renormaliser
-                renormaliser.attach(run_model, stack, measured)
+                renormaliser.attach(run_model, stack, tap)
             watched = run_model if facts.inferred else None  # which module the input reaches, when its size was a guess
             try:
                 with first_receiver(watched, x, _takes_features) as received:
@@ -294,10 +290,8 @@ def _pass(
                     tap.measured()  # the error that says no lookup read the probe's tokens
                 _raise_if_another_input_size(received, facts, exc)
                 raise
-            if renormaliser is not None and not renormaliser.ran(tap):
-                raise renormalise.NotRenormalisable("no recurrent module ran through the renormalised pass")
             if renormaliser is not None:
-                renormaliser.trusted = renormaliser.self_evident(tap, x)
+                renormaliser.check_ran(x)
             loss = loss_of(output, options, generator, batch)
             grads = _gradients(loss, tap.measured(), model)
         result = tap.result(grads)

@@ -32,7 +32,7 @@ from pytest_gradhealth.engine import aten, kinds
 from pytest_gradhealth.engine.options import ProbeOptions
 from pytest_gradhealth.engine.taps import segments
 from pytest_gradhealth.engine.taps.base import stand_in_forward
-from pytest_gradhealth.engine.taps.fused import layer_weights
+from pytest_gradhealth.engine.taps.fused import FusedStatesTap, layer_weights
 from pytest_gradhealth.errors import GradHealthError
 
 # Modules whose steps meet other than through a recurrent state: a renormalised pass would scale some paths and not
@@ -138,17 +138,20 @@ class Renormaliser:
     def __init__(self, chunk: int, options: ProbeOptions) -> None:
         # per sample in eval mode; one factor for the batch in train mode, where batch statistics can mix samples
         self.run_len, self.per_sample = options.run_len, options.mode == "eval"
-        run_len = self.run_len
-        self.ends = list(range(chunk - 1, run_len - 1, chunk))  # each chunk's last step; the last chunk has none
+        self.ends = list(range(chunk - 1, self.run_len - 1, chunk))  # each chunk's last step; the last chunk has none
         self._boundaries = {end: boundary for boundary, end in enumerate(self.ends)}
-        self.calls = 0  # modules run through `carry` in the forward pass
-        self.inputs: list[Any] = []  # what each module run by the renormaliser was called with
-        self.trusted = False  # set after the forward pass: `self_evident`
+        self.inputs: list[Any] = []  # what each module the renormaliser ran was called with
+        self.tap: Any = None
+        self.trusted = False  # set after the forward pass (`check_ran`): no plain pass is needed to check it
         self.exponents: dict[int, torch.Tensor] = {}  # boundary -> the power of two applied to each sample
 
-    def attach(self, model: nn.Module, stack: contextlib.ExitStack, measured: nn.Module | None = None) -> None:
-        """Stand in for every nn.RNN/LSTM/GRU of `model` but the `measured` one (a state tap runs it, and hands its
-        states on through `carry`)."""
+    def attach(self, model: nn.Module, stack: contextlib.ExitStack, tap: Any) -> None:
+        """Stand in for every nn.RNN/LSTM/GRU of `model` but the one a state tap measures (the tap runs it, and hands
+        its states on through `carry`)."""
+        self.tap = tap
+        measured = None
+        if isinstance(tap, FusedStatesTap):
+            tap.renormaliser, measured = self, tap.module
         for _, module, _ in kinds.contained(model, "sequence"):
             if module is not measured:
                 stand_in_forward(module, self._runner(module), stack)
@@ -158,19 +161,21 @@ class Renormaliser:
         """Whether some boundary rescaled some sample's gradient."""
         return any(bool(e.any()) for e in self.exponents.values())
 
-    def self_evident(self, tap: Any, x: torch.Tensor) -> bool:
-        """Whether the steps provably line up with the chunks without a plain pass to compare with: one recurrent
-        module ran, on the probe's own input or the tensor the tap measures (or, for a state measure, only the measured
-        module ran)."""
-        if getattr(tap, "renormaliser", None) is self:
-            return self.calls == 0
-        return self.calls == 1 and any(self.inputs[0] is measured for measured in (x, *tap.measured()))
+    def check_ran(self, x: torch.Tensor) -> None:
+        """After the forward pass on `x`: refuse a pass that went around the chunks (a model may call a module's
+        class forward directly), and say whether the steps provably line up with them without a plain pass to compare
+        with: one recurrent module ran, on the probe's input or the tensor the tap measures (or, for a state
+        measure, only the measured module ran)."""
+        if isinstance(self.tap, FusedStatesTap):
+            if self.tap.calls == 0:
+                raise NotRenormalisable("the measured module did not run")
+            self.trusted = not self.inputs
+            return
+        if not self.inputs:
+            raise NotRenormalisable("no recurrent module ran through the renormalised pass")
+        self.trusted = len(self.inputs) == 1 and any(self.inputs[0] is t for t in (x, *self.tap.measured()))
 
-    computed_state = staticmethod(computed_state)
-
-    def ran(self, tap: Any) -> bool:
-        """Whether the forward pass went through the chunks (a model may call a module's class forward directly)."""
-        return self.calls > 0 or (getattr(tap, "renormaliser", None) is self and getattr(tap, "calls", 0) > 0)
+    computed_state = staticmethod(computed_state)  # for the state tap, which cannot import this module
 
     def carry(self, end: int, states: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         """The states after step `end` as the next step receives them: rescaled where `end` ends a chunk."""
@@ -211,14 +216,9 @@ class Renormaliser:
         if x.shape[0] != self.run_len:
             raise NotRenormalisable(f"{type(module).__name__} runs {x.shape[0]} steps")
         computed_state(module, hx)
-        self.calls += 1
         self.inputs.append(input)
         lstm = module.mode == "LSTM"
-        if hx is None:
-            sizes = [module.proj_size or module.hidden_size, module.hidden_size] if lstm else [module.hidden_size]
-            hx = [x.new_zeros(module.num_layers, x.shape[1], size) for size in sizes]
-        elif not lstm:
-            hx = [hx]
+        hx = aten.initial_states(module, x, hx)
         k = len(hx)  # states per layer: h (and c)
         weights = [[getattr(module, n) for n in layer_weights(module, layer)] for layer in range(module.num_layers)]
 

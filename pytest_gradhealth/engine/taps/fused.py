@@ -149,11 +149,7 @@ class FusedStatesTap:
         module = self.module
         if self.renormaliser is not None:
             self.renormaliser.computed_state(module, hx)
-        if hx is None:
-            sizes = [module.proj_size or module.hidden_size, module.hidden_size] if self.lstm else [module.hidden_size]
-            hx = [x.new_zeros(module.num_layers, x.shape[1], size) for size in sizes]
-        elif not self.lstm:
-            hx = [hx]
+        hx = aten.initial_states(module, x, hx)
         states = [tuple(h[layer] for h in hx) for layer in range(module.num_layers)]
         # A leaf that needs a gradient, so that every state after it is on the autograd graph.
         states[self.layer] = tuple(

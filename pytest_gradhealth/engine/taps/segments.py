@@ -64,11 +64,7 @@ class Segmented:
         if isinstance(input, PackedSequence) or input.dim() != 3 or dropout or not torch.is_grad_enabled():
             return type(module).forward(module, input, hx)  # its own forward: packed, unbatched or random
         x = input.transpose(0, 1) if module.batch_first else input
-        if hx is None:
-            sizes = [module.proj_size or module.hidden_size, module.hidden_size] if lstm else [module.hidden_size]
-            state = tuple(x.new_zeros(module.num_layers, x.shape[1], size) for size in sizes)
-        else:
-            state = tuple(hx) if lstm else (hx,)
+        state = aten.initial_states(module, x, hx)
         pieces = []
         for start in range(0, x.shape[0], self.length):
             out, *state = Segment.apply(self._run, x[start : start + self.length], *state)
