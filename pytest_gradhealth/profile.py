@@ -52,7 +52,7 @@ def decode_floats(values: Any, what: str) -> np.ndarray:
 def log10_rms(log10_samples: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """log10 of the RMS, over the `valid` samples, of norms given as log10 (batch, steps): exact however far outside
     float64's range the norms lie; -inf where every norm is zero, NaN or inf where a valid one is."""
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"):  # columns that are not scalable keep `largest`
         largest = np.where(valid, log10_samples, -np.inf).max(axis=0)
         scalable = np.isfinite(largest)
         shifted = np.where(valid & scalable, log10_samples - np.where(scalable, largest, 0.0), -np.inf)

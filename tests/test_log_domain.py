@@ -109,6 +109,44 @@ def test_a_long_probe_in_range_is_run_in_chunks_that_rescale_nothing():
     np.testing.assert_allclose(chunked.log10_norms, plain.log10_norms, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("largest", "exponent"),
+    [
+        (2.0**-20, 0),  # the edges of [2**-LAZY, 2**LAZY): in range, untouched
+        (2.0**20 * (1 - 2**-52), 0),
+        (2.0**-20 * (1 - 2**-52), 20),  # just outside: brought to [0.5, 1)
+        (2.0**20, -20 - 1),
+        (3e-300, 994),
+        (0.0, 0),  # nothing to scale, or nothing that scaling could make finite
+        (math.inf, 0),
+        (math.nan, 0),
+    ],
+)
+def test_a_boundary_rescales_only_a_gradient_outside_the_lazy_range(largest, exponent):
+    assert renormalise.LAZY == 20
+    assert renormalise._lazy_exponent(largest) == exponent
+    if exponent:
+        assert 0.5 <= largest * 2.0**exponent < 1.0
+
+
+@pytest.mark.parametrize("per_sample", [True, False])
+def test_one_boundary_scales_each_sample_or_the_batch_by_its_largest_entry(per_sample):
+    """Eval mode: each sample by its own largest entry over every state (h and c); train mode: the batch by its
+    largest. Exact powers of two, also where 2**exponent alone would leave float32's range."""
+    renormaliser = Renormaliser(4, make_options(nn.LSTM(2, 3), 12, {"mode": "eval" if per_sample else "train"}))
+    h = torch.tensor([[1e-30, -3e-31], [0.25, 2.0], [1e-44, 0.0]])  # the last: subnormal in float32
+    c = torch.tensor([[0.0, 2e-30], [1e-3, 0.0], [0.0, 0.0]])
+    exponent = renormaliser.exponent(0, (h, None, c))
+    if not per_sample:
+        assert exponent is None  # the batch's largest, 2.0, is in range
+        return
+    assert exponent.tolist() == [-math.frexp(2e-30)[1], 0, -math.frexp(1e-44)[1]]
+    scaled = renormalise._times_power_of_two(h, exponent)
+    expected = h.double() * torch.tensor(2.0).double() ** torch.tensor(exponent, dtype=torch.float64)[:, None]
+    assert torch.equal(scaled.double(), expected)
+    assert renormaliser.exponent(0, (h * 1e10, None, c)) is exponent  # the first crossing decides
+
+
 def own_renormalised_log10_norms(rnn: nn.RNN, x: torch.Tensor, v: torch.Tensor) -> np.ndarray:
     """log10 of the RMS over the batch of ||dL/dx_t|| for L = sum_b <v, h_T>, by a hand-written backward pass through
     the tanh RNN's recorded float32 states, in float64, renormalised at every step."""

@@ -16,7 +16,7 @@ from pytest_gradhealth.engine import forward, memory
 from pytest_gradhealth.engine.options import make_options
 from pytest_gradhealth.engine.probe import model_facts
 from pytest_gradhealth.engine.taps import lstm, scans, segments
-from pytest_gradhealth.engine.taps.base import subnormal_steps
+from pytest_gradhealth.engine.taps.base import per_step, subnormal_steps
 from pytest_gradhealth.errors import GradHealthError, InvalidArgumentError
 
 
@@ -39,15 +39,17 @@ def test_subnormal_steps_are_the_entries_between_zero_and_the_smallest_normal_nu
     g[1, 5, 1] = float("inf")
     expected = [False, False, True, True, False, False]
     assert exact_subnormal(g) == expected
-    assert subnormal_steps([g], "batch-time-feature").tolist() == expected
-    assert not subnormal_steps([torch.ones(2, 6, 3, dtype=dtype)], "batch-time-feature").any()
+    assert subnormal_steps(per_step([g], "batch-time-feature")).tolist() == expected
+    assert not subnormal_steps(torch.ones(2, 6, 3, dtype=dtype)).any()  # the first test alone
+    assert not subnormal_steps(torch.zeros(2, 6, 3, dtype=dtype)).any()  # zeros take the second
 
 
 def test_subnormal_steps_of_one_gradient_per_step_and_of_a_time_major_one():
     g = torch.ones(2, 4, 3)
     g[1, 2, 0] = 1e-40
-    assert subnormal_steps([g[:, t] for t in range(4)], "batch-time-feature").tolist() == [False, False, True, False]
-    assert subnormal_steps([g.transpose(0, 1)], "time-batch-feature").tolist() == [False, False, True, False]
+    per_steps = per_step([g[:, t] for t in range(4)], "batch-time-feature")
+    assert subnormal_steps(per_steps).tolist() == [False, False, True, False]
+    assert subnormal_steps(per_step([g.transpose(0, 1)], "time-batch-feature")).tolist() == [False, False, True, False]
 
 
 @pytest.mark.parametrize("reverse", [False, True])

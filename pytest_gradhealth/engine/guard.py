@@ -41,13 +41,13 @@ def guarded(model: Any, mode: str, device: torch.device, seed: int) -> Iterator[
             for index in cuda_devices:
                 torch.cuda.default_generators[index].manual_seed(seed)
             for m, flag in zip(modules, flags, strict=True):
-                if flag != (mode == "train"):  # assigned only where it changes: a module's __setattr__ is slow
-                    m.training = mode == "train"
+                if flag != (mode == "train"):  # what Module.__setattr__ does with a bool, without its slow checks
+                    object.__setattr__(m, "training", mode == "train")
             yield model
     finally:
         for m, flag, known in zip(modules, flags, names, strict=False):
             if m.training != flag:
-                m.training = flag
+                object.__setattr__(m, "training", flag)
             for name in set(m._buffers) - known:  # registered by forward
                 del m._buffers[name]
         with torch.no_grad():

@@ -20,6 +20,7 @@ underflow flagged); the renormalised one must also agree with the plain one wher
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from typing import Any
 
@@ -121,15 +122,25 @@ class _Rescale(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[Any, ...]:
         exponent = ctx.renormaliser.exponent(ctx.boundary, grads)
+        if exponent is None:  # every sample's gradient in range: it crosses untouched
+            return (None, None, *grads)
         return (None, None, *(None if g is None else _times_power_of_two(g, exponent) for g in grads))
 
 
-def _times_power_of_two(g: torch.Tensor, exponent: torch.Tensor) -> torch.Tensor:
+def _lazy_exponent(largest: float) -> int:
+    """The power of two that brings a sample's largest gradient entry to [0.5, 1), where it lies outside
+    [2**-LAZY, 2**LAZY) (and is finite and nonzero), else 0."""
+    if not math.isfinite(largest) or largest <= 0.0:
+        return 0
+    _, power = math.frexp(largest)  # largest = m * 2**power, m in [0.5, 1)
+    return -power if power <= -LAZY or power > LAZY else 0
+
+
+def _times_power_of_two(g: torch.Tensor, exponent: np.ndarray) -> torch.Tensor:
     """g * 2**exponent per sample (rows of g), in two halves so that neither factor leaves g's dtype's range."""
-    half = torch.div(exponent, 2, rounding_mode="floor")
-    shape = (-1,) + (1,) * (g.dim() - 1)
-    first, second = (torch.exp2(e.to(g.dtype)).view(shape) for e in (half, exponent - half))
-    return g * first * second
+    halves = [[2.0 ** (e // 2) for e in exponent.tolist()], [2.0 ** (e - e // 2) for e in exponent.tolist()]]
+    factors = torch.tensor(halves, dtype=g.dtype, device=g.device).view(2, -1, *(1,) * (g.dim() - 1))
+    return g * factors[0] * factors[1]
 
 
 class Renormaliser:
@@ -143,7 +154,8 @@ class Renormaliser:
         self.inputs: list[Any] = []  # what each module the renormaliser ran was called with
         self.tap: Any = None
         self.trusted = False  # set after the forward pass (`check_ran`): no plain pass is needed to check it
-        self.exponents: dict[int, torch.Tensor] = {}  # boundary -> the power of two applied to each sample
+        # boundary -> the power of two applied to each sample; None: crossed, every sample in range, none applied
+        self.exponents: dict[int, np.ndarray | None] = {}
 
     def attach(self, model: nn.Module, stack: contextlib.ExitStack, tap: Any) -> None:
         """Stand in for every nn.RNN/LSTM/GRU of `model` but the one a state tap measures (the tap runs it, and hands
@@ -159,7 +171,7 @@ class Renormaliser:
     @property
     def engaged(self) -> bool:
         """Whether some boundary rescaled some sample's gradient."""
-        return any(bool(e.any()) for e in self.exponents.values())
+        return any(e is not None for e in self.exponents.values())
 
     def check_ran(self, x: torch.Tensor) -> None:
         """After the forward pass on `x`: refuse a pass that went around the chunks (a model may call a module's
@@ -182,16 +194,18 @@ class Renormaliser:
         boundary = self._boundaries.get(end)
         return states if boundary is None else _Rescale.apply(self, boundary, *states)
 
-    def exponent(self, boundary: int, grads: tuple[torch.Tensor | None, ...]) -> torch.Tensor:
-        """The power of two for `boundary`, chosen by the first gradient to cross it and used by every later one."""
+    def exponent(self, boundary: int, grads: tuple[torch.Tensor | None, ...]) -> np.ndarray | None:
+        """The power of two for `boundary` per sample (None: none), chosen by the first gradient to cross it and used by
+        every later one."""
         if boundary not in self.exponents:
-            present = [g.detach().abs().amax(dim=-1) for g in grads if g is not None]
-            largest = torch.stack(present).amax(dim=0)
+            # Few ops, then plain Python on one number per sample: each small op after a fused kernel costs tens of
+            # microseconds on a CPU (its code and data are out of cache), numpy's as much as torch's.
+            largest = functools.reduce(torch.maximum, (g.detach().abs().amax(dim=-1) for g in grads if g is not None))
+            values = largest.tolist()
             if not self.per_sample:
-                largest = largest.amax().expand_as(largest)
-            _, power = torch.frexp(largest)  # largest = m * 2**power, m in [0.5, 1)
-            usable = torch.isfinite(largest) & (largest > 0) & ((power <= -LAZY) | (power > LAZY))
-            self.exponents[boundary] = torch.where(usable, -power, torch.zeros_like(power)).to(torch.int64)
+                values = [math.nan if any(math.isnan(v) for v in values) else max(values)] * len(values)
+            exponents = [_lazy_exponent(v) for v in values]
+            self.exponents[boundary] = np.array(exponents, dtype=np.int64) if any(exponents) else None
         return self.exponents[boundary]
 
     def log10_factors(self, batch: int) -> np.ndarray:
@@ -199,8 +213,8 @@ class Renormaliser:
         log2 = np.zeros((batch, self.run_len))
         for boundary, end in enumerate(self.ends):
             exponent = self.exponents.get(boundary)
-            if exponent is not None:  # no gradient crossed it: nothing before it was scaled
-                log2[:, : end + 1] += exponent.cpu().numpy()[:, None]
+            if exponent is not None:  # no gradient crossed it, or none was rescaled: nothing before it was scaled
+                log2[:, : end + 1] += exponent[:, None]
         return log2 * math.log10(2.0)
 
     def _runner(self, module: nn.RNNBase) -> Any:
@@ -230,7 +244,7 @@ class Renormaliser:
                 y, *ends = aten.run_layer(
                     module, y, tuple(s[None] for s in mine) if lstm else mine[0][None], weights[layer]
                 )
-                final += [e[0] for e in ends]
+                final += [e.squeeze(0) for e in ends]  # a view: its backward copies nothing
             return (y, *final)
 
         # A long probe holds one chunk's graph at a time, rebuilt in backward (`segments.py`).

@@ -40,12 +40,12 @@ class Tap(Protocol):
         ...
 
 
-def step_norms(grads: list[torch.Tensor], layout: str) -> np.ndarray:
-    """(batch, seq) norms, in float64, of one gradient over the whole sequence or one per timestep."""
+def per_step(grads: list[torch.Tensor], layout: str) -> torch.Tensor:
+    """One gradient over the whole sequence, or one per timestep, as a (batch, seq, features) tensor."""
     if len(grads) == 1:
         g = to_batch_time(grads[0].detach(), layout)
-        return sample_norms(g.reshape(g.shape[0], g.shape[1], -1))
-    return sample_norms(torch.stack([g.detach().reshape(g.shape[0], -1) for g in grads], 1))
+        return g.reshape(g.shape[0], g.shape[1], -1)
+    return torch.stack([g.detach().reshape(g.shape[0], -1) for g in grads], 1)
 
 
 def stacked_norms(grads: torch.Tensor) -> np.ndarray:
@@ -72,24 +72,23 @@ def sample_norms(g: torch.Tensor) -> np.ndarray:
 
 def sequence_result(grads: list[torch.Tensor], window: Window) -> TapResult:
     """The result of a tap that reads one tensor per sequence or one per timestep, every step in time order."""
-    norms, valid = window.by_lag(step_norms(grads, window.layout), np.arange(window.seq_len))
-    subnormal = None if window.lengths is not None else subnormal_steps(grads, window.layout)[window.steps]
+    g = per_step(grads, window.layout)
+    norms, valid = window.by_lag(sample_norms(g), np.arange(window.seq_len))
+    subnormal = None if window.lengths is not None else subnormal_steps(g)[window.steps]
     return TapResult(norms, valid, None, subnormal)
 
 
-def subnormal_steps(grads: list[torch.Tensor], layout: str) -> np.ndarray:
-    """Per timestep, whether any entry of the gradient is subnormal: nonzero but below the dtype's smallest normal
-    number, where it has lost precision on its way to underflowing to zero."""
-    if len(grads) == 1:
-        g = to_batch_time(grads[0].detach(), layout)
-        g = g.reshape(g.shape[0], g.shape[1], -1)
-    else:
-        g = torch.stack([s.detach().reshape(s.shape[0], -1) for s in grads], 1)
+def subnormal_steps(g: torch.Tensor) -> np.ndarray:
+    """Per timestep of a (batch, seq, features) gradient, whether any entry is subnormal: nonzero but below the
+    dtype's smallest normal number, where it has lost precision on its way to underflowing to zero."""
     finfo = torch.finfo(g.dtype)
-    # Most gradients hold none: first one test of the whole tensor in two ops. hardshrink keeps the entries above the
-    # largest subnormal number, so what it changes is subnormal (or NaN/inf, which take the exact test below). One
-    # temporary of the gradient's size: peak memory is a goal too.
-    if not bool(torch.nn.functional.hardshrink(g, finfo.tiny - finfo.tiny * finfo.eps).sub_(g).any()):
+    # Most gradients hold none: first the smallest magnitude of the whole tensor (two fast ops, one temporary of the
+    # gradient's size: peak memory is a goal too). Only a zero, a NaN or a subnormal number below it takes the tests
+    # below: hardshrink keeps the entries above the largest subnormal number, so what it changes is subnormal (or
+    # NaN/inf, which take the exact test).
+    if float(g.abs().amin()) >= finfo.tiny or not bool(
+        torch.nn.functional.hardshrink(g, finfo.tiny - finfo.tiny * finfo.eps).sub_(g).any()
+    ):
         return np.zeros(g.shape[1], dtype=bool)
     return ((g != 0) & (g.abs() < finfo.tiny)).any(-1).any(0).cpu().numpy()
 

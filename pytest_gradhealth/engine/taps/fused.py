@@ -186,7 +186,7 @@ class FusedStatesTap:
                         self.aliases.setdefault(names[i], []).append(used[i])
                 hx = tuple(s[None] for s in state) if self.lstm else state[0][None]
                 out, *final = aten.run_layer(self.module, x[first : last + 1], hx, used)
-                states[last] = tuple(f[0] for f in final)
+                states[last] = tuple(f.squeeze(0) for f in final)  # views: their backward copies nothing
                 # The state is the output at the chunk's last step too: one tensor, as in an unrolled loop.
                 pieces += [out[:-1], states[last][0][None]]
                 state = states[last] if self.renormaliser is None else self.renormaliser.carry(last, states[last])
