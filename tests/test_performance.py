@@ -15,6 +15,7 @@ from pytest_gradhealth import probe
 from pytest_gradhealth.engine import forward, memory
 from pytest_gradhealth.engine.options import make_options
 from pytest_gradhealth.engine.probe import model_facts
+from pytest_gradhealth.engine.sequences import batch_rms
 from pytest_gradhealth.engine.taps import lstm, scans, segments
 from pytest_gradhealth.engine.taps.base import per_step, subnormal_steps
 from pytest_gradhealth.errors import GradHealthError, InvalidArgumentError
@@ -294,3 +295,33 @@ def test_a_model_that_runs_at_one_length_only_is_probed_without_the_estimate(mon
     short_check(monkeypatch, available=1024)  # the pilot fails at 256 steps: no refusal from it
     profile = probe(FixedLength(700), 700, input_size=2)
     assert profile.seq_len == 700
+
+
+def careful_rms(norms: np.ndarray) -> np.ndarray:
+    """The RMS over the batch in float64 by Python's own arithmetic on each column scaled by its largest."""
+    out = []
+    for column in norms.T:
+        top = max(column)
+        out.append(top * (sum((n / top) ** 2 for n in column) / len(column)) ** 0.5 if top > 0 else top)
+    return np.array(out)
+
+
+# 1.0: the few-op path; the others: where squares would leave float64's range
+@pytest.mark.parametrize("scale", [1.0, 1e-150, 1e-200, 1e150, 1e200])
+def test_the_batch_rms_is_exact_where_squares_would_leave_float64(scale):
+    rng = np.random.default_rng(0)
+    norms = rng.uniform(0.1, 3.0, size=(5, 7)) * scale
+    norms[1, 2] *= 1e-30  # one sample far below the others at one step
+    rms, samples = batch_rms(norms, np.ones(norms.shape, dtype=bool))
+    np.testing.assert_allclose(rms, careful_rms(norms), rtol=1e-14, atol=0)
+    assert np.array_equal(samples, norms)
+
+
+def test_the_batch_rms_keeps_nan_zero_and_inf_and_skips_samples_that_do_not_reach_a_step():
+    norms = np.array([[1.0, 0.0, np.nan, np.inf, 4.0], [3.0, 0.0, 1.0, 1.0, 100.0]])
+    valid = np.ones(norms.shape, dtype=bool)
+    rms, _ = batch_rms(norms, valid)
+    assert rms[0] == pytest.approx(np.sqrt(5.0)) and rms[1] == 0.0 and np.isnan(rms[2]) and rms[3] == np.inf
+    valid[1, 4] = False  # sample 1 does not reach step 4: only sample 0 counts there
+    rms, samples = batch_rms(norms, valid)
+    assert rms[4] == 4.0 and np.isnan(samples[1, 4])

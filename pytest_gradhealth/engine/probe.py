@@ -136,7 +136,9 @@ class ModelFacts:
     model_device: torch.device
     vocab_size: int | None  # token inputs are drawn when set
     input_size: int | None  # float inputs of this many features are drawn when set
-    inferred: bool  # input_size was read from the model, not given
+    inferred: (
+        bool  # input_size was read from a module inside the model, not given: which module the input reaches is a guess
+    )
     hidden_size: int | None
 
 
@@ -166,7 +168,7 @@ def model_facts(model: Any, options: ProbeOptions) -> ModelFacts:
         model_device=model_device,
         vocab_size=vocab_size,
         input_size=input_size,
-        inferred=input_size is not None and options.input_size is None,
+        inferred=input_size is not None and options.input_size is None and (first is None or first[0] is not model),
         hidden_size=kinds.hidden_size_of(model),
     )
 
