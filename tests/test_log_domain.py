@@ -110,6 +110,35 @@ def test_a_long_probe_in_range_is_run_in_chunks_that_rescale_nothing():
 
 
 @pytest.mark.parametrize(
+    ("build", "passes"),
+    [
+        (lambda: nn.RNN(32, 64, batch_first=True), [True]),  # two chunks: in chunks from the start, one pass
+        (lambda: nn.LSTM(32, 64, batch_first=True), [False]),  # in range: one plain pass
+        (lambda: nn.GRU(32, 64, batch_first=True), [False]),
+    ],
+)
+def test_a_vanilla_rnn_runs_in_chunks_from_two_chunks_on_and_other_models_from_four(build, passes, monkeypatch):
+    """A default tanh RNN leaves float32's range within two chunks (126 steps): its probe is one renormalised pass,
+    not a plain one and then a renormalised one. An LSTM or GRU there stays in range: one plain pass."""
+    seen = []
+    original = engine._pass
+
+    def counted(model, options, facts, renormaliser):
+        seen.append(renormaliser is not None)
+        return original(model, options, facts, renormaliser)
+
+    monkeypatch.setattr(engine, "_pass", counted)
+    torch.manual_seed(0)
+    model = build()
+    assert 2 * renormalise.first_chunk(torch.float32) <= 130 < 4 * renormalise.first_chunk(torch.float32)
+    profile = probe(model, 130)
+    assert seen == passes
+    if passes[0]:
+        assert profile.log10_ratio < math.log10(torch.finfo(torch.float32).tiny)  # beyond float32, measured
+        assert profile.zeros is None and profile.subnormal_steps is not None and profile.subnormal_steps.size == 0
+
+
+@pytest.mark.parametrize(
     ("largest", "exponent"),
     [
         (2.0**-20, 0),  # the edges of [2**-LAZY, 2**LAZY): in range, untouched

@@ -233,7 +233,7 @@ def _measure(model: Any, options: ProbeOptions, facts: ModelFacts) -> GradientPr
     chunk = renormalise.first_chunk(facts.dtype)
     plain = None
     profile, out_of_range = None, True
-    if renormalisable and options.run_len >= 4 * chunk:
+    if renormalisable and options.run_len >= renormalise.chunks_first(model) * chunk:
         first = renormalise.Renormaliser(chunk, options)
         with contextlib.suppress(renormalise.NotRenormalisable):
             profile, out_of_range = _pass(model, options, facts, first)
