@@ -136,14 +136,20 @@ def test_state_gradients_equal_an_unrolled_loop_of_cells(cls, measure, num_layer
 
 
 def counted_kernel_calls(monkeypatch, mode: str) -> list[int]:
-    """The time steps of each call of the fused kernel for `mode` (the probe's, and the module's own when it runs)."""
-    calls, op = [], aten.FUSED_OPS[mode]
+    """The time steps of each call of the fused kernel for `mode` (the probe's, and the module's own when it runs), and
+    a 1 for each call of the cell's op, which runs one step."""
+    calls, op, cell = [], aten.FUSED_OPS[mode], aten.CELL_OPS[mode]
 
     def counting(x, *args):
         calls.append(x.shape[0])
         return op(x, *args)
 
+    def counting_cell(*args):
+        calls.append(1)
+        return cell(*args)
+
     monkeypatch.setitem(aten.FUSED_OPS, mode, counting)
+    monkeypatch.setitem(aten.CELL_OPS, mode, counting_cell)
     return calls
 
 
@@ -158,11 +164,20 @@ ONE_CALL = [
 @pytest.mark.parametrize(("cls", "mode", "measure"), ONE_CALL, ids=[f"{c.__name__}-{m}" for c, _, m in ONE_CALL])
 def test_a_small_layers_states_are_measured_in_one_kernel_call(cls, mode, measure, monkeypatch):
     calls = counted_kernel_calls(monkeypatch, mode)
-    probe(fused(cls, 2), SEQ_LEN, measure=measure, layer=0)
+    probe(fused(cls, 2), SEQ_LEN, measure=measure, layer=0, checkpoints=4)
     assert calls == [SEQ_LEN, SEQ_LEN]  # one call per layer
     calls.clear()
     probe(fused(cls, 2), SEQ_LEN, measure=measure, layer=0, contributions=True)  # each step's own weight copy
     assert calls == [1] * SEQ_LEN * 2
+
+
+@pytest.mark.parametrize(("cls", "mode"), [(nn.RNN, "RNN_TANH"), (nn.GRU, "GRU"), (nn.LSTM, "LSTM")])
+def test_every_step_of_an_rnn_or_a_gru_runs_the_cells_op_and_an_lstm_one_kernel_call(cls, mode, monkeypatch):
+    # One step of an RNN or GRU cell costs less than the one-call path's wider input projection; an LSTM's cell op
+    # is slower than its fused kernel.
+    calls = counted_kernel_calls(monkeypatch, mode)
+    probe(fused(cls, 2), SEQ_LEN, measure="hidden", layer=0)
+    assert calls == ([SEQ_LEN] if mode == "LSTM" else [1] * SEQ_LEN) + [SEQ_LEN]  # the layer above: one call
 
 
 def test_the_cell_state_of_a_packed_batch_of_several_lengths_is_measured_split_in_time(monkeypatch):
@@ -196,8 +211,8 @@ def test_the_split_path_is_kept_where_its_chunks_hold_enough_work(monkeypatch):
     probe(rnn, SEQ_LEN, measure="hidden", checkpoints=2)  # steps 0 and 8: chunks of 1 and 8 steps
     assert calls == [1, SEQ_LEN - 1]
     calls.clear()
-    probe(rnn, SEQ_LEN, measure="hidden")  # every step: chunks of 1 step
-    assert calls == [SEQ_LEN]
+    probe(rnn, SEQ_LEN, measure="hidden")  # every step: chunks of 1 step, each the cell's op
+    assert calls == [1] * SEQ_LEN
     lstm_calls = counted_kernel_calls(monkeypatch, "LSTM")
     probe(nn.LSTM(INPUT, 512, batch_first=True), SEQ_LEN, measure="cell", checkpoints=2)  # the cell state too
     assert lstm_calls == [1, SEQ_LEN - 1]

@@ -4,9 +4,10 @@ For the probe's one forward pass the module's forward is replaced by the same co
 `aten.run_layer`, in one of two ways:
 
 - Split in time (any module, both measures): the measured layer is split after each measured step, one call of the
-  fused kernel per chunk, each starting from the previous chunk's final state. That state is one tensor, used as the
-  next chunk's initial state and as the layer's output at that step, so its gradient is the total derivative. The cell
-  state's path through h_t is internal to the kernel and is added from the recomputed output gate.
+  fused kernel per chunk (a chunk of one step: the cell's op, `aten.run_step`), each starting from the previous
+  chunk's final state. That state is one tensor, used as the next chunk's initial state and as the layer's output at
+  that step, so its gradient is the total derivative. The cell state's path through h_t is internal to the kernel and
+  is added from the recomputed output gate (an LSTM's cell state is therefore never run by the cell's op).
 - One call (measure="hidden" of an nn.RNN or nn.LSTM): h_{t-1} enters step t only through the term W_hh h_{t-1} of
   the pre-activation, so the layer runs once with an extra input u = 0 (seq, batch, hidden) whose weight is W_hh
   ([x_t, u_t] times [W_ih, W_hh]): the values are unchanged, and dL/du_t = W_hh^T dL/dpre_t is the gradient of h_{t-1}
@@ -42,7 +43,11 @@ if TYPE_CHECKING:
 # (on CPU about 0.35 ms forward and backward for an LSTM); the one-call path a fused pass about 1.3 to 1.5 times as
 # long (its input projection is wider by W_hh). So splitting is the cheaper where its chunks are long and each step is
 # expensive: in float32 on 2 CPU cores (nn.RNN and nn.LSTM, hidden 64 to 256, batch 8, 4 to 512 chunks), where each
-# chunk holds at least about this much work, in steps x batch x hidden_size^2.
+# chunk holds at least about this much work, in steps x batch x hidden_size^2. A chunk of one step runs the cell's
+# op instead (`aten.run_step`), which pays no such cost: an nn.RNN or nn.GRU measured at every step is split, 1.2x to
+# 1.5x a fused pass where the one-call path took 1.4x to 2.1x (hidden 64 to 256; a GRU's one-call input projection is
+# wider by 3 x hidden). An LSTM's cell op is slower than its fused kernel (an nn.LSTMCell loop is 2x to 6x the fused
+# pass), so an LSTM keeps the one-call path.
 SPLIT_MIN_WORK = 2**22
 
 
@@ -56,13 +61,18 @@ def layer_weights(module: nn.RNNBase, layer: int) -> list[str]:
     return names
 
 
-def one_call(module: nn.RNNBase, request: StateRequest, batch_steps_per_chunk: float, cut: bool) -> bool:
+def one_call(
+    module: nn.RNNBase, request: StateRequest, batch_steps_per_chunk: float, cut: bool, every_step: bool
+) -> bool:
     """Whether the measured layer runs in one fused call with a zero recurrent input instead of split in time.
 
     `batch_steps_per_chunk`: batch size times the split path's mean chunk length. `cut`: the layer is split before
     its last step anyway (a packed batch's final states), where the cell state's own gradient would mix two paths.
+    `every_step`: the split path's chunks are single steps.
     """
     if request.contributions or (request.measure == "cell" and cut):
+        return False
+    if every_step and module.mode != "LSTM":
         return False
     return batch_steps_per_chunk * module.hidden_size**2 < SPLIT_MIN_WORK
 
@@ -121,7 +131,7 @@ class FusedStatesTap:
         unmeasured = {x.shape[0] - 1, *last, *self.aliased}
         split = sorted({*unmeasured, *ends, *self.measured_at})
         work = x.shape[0] * x.shape[1] / len(split)
-        self.one_call = one_call(module, self.request, work, len(unmeasured) > 1)
+        self.one_call = one_call(module, self.request, work, len(unmeasured) > 1, len(split) == x.shape[0])
         unmeasured |= ends
         finals = []
         for layer in range(module.num_layers):
@@ -173,6 +183,9 @@ class FusedStatesTap:
             x = torch.cat([x, self.recurrent], dim=-1)
             weights[0] = torch.cat([weights[0], extra], dim=1)
         recurrent = [i for i, name in enumerate(names) if name.startswith(("weight_hh", "weight_hr"))]
+        # Not for an LSTM's cell state: the cell's op puts h_t = o_t * tanh(c_t) on the graph, where the fused kernel
+        # keeps it inside and `result` adds that path itself.
+        alone = aten.steps_alone(self.module) and not (self.lstm and self.request.measure == "cell")
         pieces, states, start = [], {}, 0
         for end in cuts:
             chunks = [(start, end, False)]
@@ -184,11 +197,15 @@ class FusedStatesTap:
                     for i in recurrent:
                         used[i] = weights[i].detach().requires_grad_(True)
                         self.aliases.setdefault(names[i], []).append(used[i])
-                hx = tuple(s[None] for s in state) if self.lstm else state[0][None]
-                out, *final = aten.run_layer(self.module, x[first : last + 1], hx, used)
-                states[last] = tuple(f.squeeze(0) for f in final)  # views: their backward copies nothing
-                # The state is the output at the chunk's last step too: one tensor, as in an unrolled loop.
-                pieces += [out[:-1], states[last][0][None]]
+                if first == last and alone:  # one step: the cell's op, without a fused call's fixed cost
+                    states[last] = aten.run_step(self.module, x[first], state, used)
+                    pieces.append(states[last][0][None])
+                else:
+                    hx = tuple(s[None] for s in state) if self.lstm else state[0][None]
+                    out, *final = aten.run_layer(self.module, x[first : last + 1], hx, used)
+                    states[last] = tuple(f.squeeze(0) for f in final)  # views: their backward copies nothing
+                    # The state is the output at the chunk's last step too: one tensor, as in an unrolled loop.
+                    pieces += [out[:-1], states[last][0][None]]
                 state = states[last] if self.renormaliser is None else self.renormaliser.carry(last, states[last])
             start = end + 1
         return torch.cat(pieces), states
