@@ -51,9 +51,11 @@ def test_the_diagnosis_survives_json_and_older_profiles_read_as_unknown():
     assert (old.subnormal_steps, old.zeros, old.advice) == (None, None, None)
 
 
-def test_a_state_probe_does_not_claim_to_have_read_subnormals():
+def test_a_state_probe_reads_subnormals_at_its_measured_steps():
     profile = probe(nn.RNN(3, 4, batch_first=True), 6, measure="hidden")
-    assert profile.subnormal_steps is None
+    assert profile.subnormal_steps is not None and profile.subnormal_steps.size == 0  # read, and none
+    loop = probe(seeded(RNNCellLoop, 4, 64), 200, measure="hidden", cell="cell", checkpoints=5)  # not renormalised
+    assert loop.subnormal_steps.size and set(loop.subnormal_steps) <= set(loop.steps)
 
 
 def test_subnormal_flags_follow_the_measured_checkpoints():

@@ -138,6 +138,19 @@ def test_a_vanilla_rnn_runs_in_chunks_from_two_chunks_on_and_other_models_from_f
         assert profile.zeros is None and profile.subnormal_steps is not None and profile.subnormal_steps.size == 0
 
 
+@pytest.mark.parametrize("measure", ["hidden", "cell"])
+def test_a_short_state_probe_that_goes_subnormal_is_rerun_renormalised(measure):
+    """Below four chunks an LSTM's state probe runs plain first; at 200 steps its float32 gradient reaches subnormal
+    numbers (about 1e-44 of the last step's) without underflowing to zero. Those have lost their precision: the probe
+    reads them as out of range and measures again, renormalised (a plain float32 pass misread step 0 by 0.47
+    decades)."""
+    model = reference.lstm(32, 64)
+    profile = probe(model, 200, measure=measure)
+    exact = probe(model, 200, measure=measure, dtype=torch.float64)
+    assert profile.log10_sample_norms is not None and profile.log10_norms.min() < -38
+    np.testing.assert_allclose(profile.log10_norms, exact.log10_norms, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     ("largest", "exponent"),
     [
@@ -271,6 +284,8 @@ def test_models_whose_steps_meet_elsewhere_keep_their_plain_flagged_profile():
     """A cell loop and a bidirectional layer are not renormalised: their underflow stays flagged, never guessed."""
     loop = probe(seeded(RNNCellLoop, 4, 64), 200)
     assert loop.log10_sample_norms is None and loop.zeros == "underflow"
+    states = probe(seeded(RNNCellLoop, 4, 64), 200, measure="hidden", cell="cell")  # its states: subnormal flagged
+    assert states.log10_sample_norms is None and states.subnormal_steps is not None and states.subnormal_steps.size
     torch.manual_seed(0)
     both = probe(nn.RNN(4, 64, bidirectional=True), 300)
     assert both.log10_sample_norms is None and both.zeros == "underflow"

@@ -48,9 +48,16 @@ def per_step(grads: list[torch.Tensor], layout: str) -> torch.Tensor:
     return torch.stack([g.detach().reshape(g.shape[0], -1) for g in grads], 1)
 
 
-def stacked_norms(grads: torch.Tensor) -> np.ndarray:
-    """(steps, batch, ...) gradients to (batch, steps) norms in float64."""
-    return sample_norms(grads.detach().reshape(grads.shape[0], grads.shape[1], -1)).T
+def stacked_result(
+    g: torch.Tensor, at: np.ndarray, window: Window, contributions: dict[str, np.ndarray] | None = None
+) -> TapResult:
+    """The result of a tap that stacked one (batch, ...) gradient per timestep `at` (absolute, in order) into
+    (len(at), batch, ...): per-sample norms by lag, and which of the profile's steps hold a subnormal entry (not read
+    for a padded batch)."""
+    flat = g.detach().reshape(g.shape[0], g.shape[1], -1).transpose(0, 1)  # (batch, steps, features)
+    norms, valid = window.by_lag(sample_norms(flat), at)
+    subnormal = None if window.lengths is not None else subnormal_steps(flat)[np.searchsorted(at, window.steps)]
+    return TapResult(norms, valid, contributions, subnormal)
 
 
 # Below this a float64 norm may have lost its squares to underflow (sqrt of the smallest normal number, 1.5e-154).

@@ -11,7 +11,7 @@ from torch import nn
 
 from pytest_gradhealth.engine.sequences import Window
 from pytest_gradhealth.engine.taps import lstm
-from pytest_gradhealth.engine.taps.base import StateRequest, TapResult, stacked_norms, stand_in_forward
+from pytest_gradhealth.engine.taps.base import StateRequest, TapResult, stacked_result, stand_in_forward
 from pytest_gradhealth.errors import ModelInterfaceError
 
 
@@ -86,8 +86,7 @@ class CellStatesTap:
             c = torch.stack(self.cell)
             g = torch.stack(grads[n : 2 * n]) + lstm.through_hidden(g, x, h_prev, c, self.module, "")
             n *= 2
-        norms, valid = self.window.by_lag(stacked_norms(g), np.arange(self.window.seq_len))
         contributions = lstm.contributions(self.aliases, grads[n:])
         if contributions is not None:
             contributions = {name: norms[self.window.steps] for name, norms in contributions.items()}
-        return TapResult(norms, valid, contributions)
+        return stacked_result(g, np.arange(self.window.seq_len), self.window, contributions)

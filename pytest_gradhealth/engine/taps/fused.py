@@ -33,7 +33,7 @@ from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 from pytest_gradhealth.engine import aten
 from pytest_gradhealth.engine.sequences import Window, measured_at
 from pytest_gradhealth.engine.taps import lstm, scans
-from pytest_gradhealth.engine.taps.base import StateRequest, TapResult, stacked_norms, stand_in_forward
+from pytest_gradhealth.engine.taps.base import StateRequest, TapResult, stacked_result, stand_in_forward
 from pytest_gradhealth.errors import ModelInterfaceError
 
 if TYPE_CHECKING:
@@ -232,7 +232,7 @@ class FusedStatesTap:
             g = self._every_step(grads)
             if len(at) < g.shape[0]:  # else every step, in order
                 g = g[torch.tensor(at, device=g.device)]
-            return TapResult(*self.window.by_lag(stacked_norms(g), np.asarray(at)))
+            return stacked_result(g, np.asarray(at), self.window)
         n = len(self.cuts)
         g = torch.stack(grads[:n])
         if self.request.measure == "cell":
@@ -243,8 +243,7 @@ class FusedStatesTap:
                 g, self.inputs[cuts], h_prev, c, self.module, f"_l{self.layer}"
             )
             n *= 2
-        norms, valid = self.window.by_lag(stacked_norms(g), np.asarray(self.cuts))
-        return TapResult(norms, valid, lstm.contributions(self.aliases, grads[n:]))
+        return stacked_result(g, np.asarray(self.cuts), self.window, lstm.contributions(self.aliases, grads[n:]))
 
     def _previous_hidden(self) -> torch.Tensor:
         """h_{t-1} of the measured layer at every step t."""
