@@ -174,15 +174,24 @@ class GradientProfile:
             return None
         return float(np.median([metric(p) for p in self.seed_profiles]))
 
-    def interval(self, metric: str, level: float = 0.95) -> Interval:
+    def interval(self, metric: str, level: float = 0.95, log10: bool = False) -> Interval:
         """A confidence interval for the median of `metric` (a name in `metrics.METRICS`, e.g. "rate") over the
-        seeds (see `intervals.median_interval`); a single draw gives the degenerate interval of its one value."""
+        seeds (see `intervals.median_interval`); a single draw gives the degenerate interval of its one value.
+        `log10=True` gives it in log10 for a metric that has a log10 form ("ratio"), exact beyond float64's range,
+        where the ratio itself reads 0."""
         from pytest_gradhealth.metrics import METRICS
 
         if metric not in METRICS:
             raise InvalidArgumentError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+        of = METRICS[metric].log10 if log10 else METRICS[metric].value
+        if of is None:
+            having = [name for name, m in METRICS.items() if m.log10 is not None]
+            raise InvalidArgumentError(
+                f"log10=True needs a metric with a log10 form ({', '.join(having)}), got {metric!r}; "
+                f"pass log10=False for {metric!r}"
+            )
         profiles = self.seed_profiles or [self]
-        return median_interval([METRICS[metric].value(p) for p in profiles], level)
+        return median_interval([of(p) for p in profiles], level)
 
     @property
     def ratio(self) -> float:

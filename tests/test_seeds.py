@@ -91,6 +91,21 @@ def test_interval_tells_a_settled_bound_from_one_it_straddles_and_how_many_seeds
         median_interval([1.0], level=95)
 
 
+def test_the_ratio_interval_in_log10_holds_beyond_float64s_range():
+    """A float32 tanh RNN over 2000 steps decays far below 1e-308: each seed's ratio reads 0, its log10 is measured."""
+    profile = probe(lambda: torch.nn.RNN(8, 32, batch_first=True), 2000, seeds=3)
+    plain, logs = profile.interval("ratio"), profile.interval("ratio", log10=True)
+    assert plain.low == plain.high == 0.0
+    per_seed = sorted(p.log10_ratio for p in profile.seed_profiles)
+    assert per_seed[-1] < -308 and (logs.low, logs.median, logs.high) == (per_seed[0], per_seed[1], per_seed[2])
+    in_range = probe(
+        lambda: torch.nn.RNN(8, 32, batch_first=True), 20, seeds=3
+    )  # where both exist: the same order statistics
+    assert in_range.interval("ratio", log10=True).median == pytest.approx(math.log10(in_range.interval("ratio").median))
+    with pytest.raises(GradHealthError, match=r"log10=True needs a metric with a log10 form \(ratio\), got 'rate'"):
+        profile.interval("rate", log10=True)
+
+
 def test_interval_of_a_single_draw_is_its_value():
     profile = probe(reference.rnn(3, 4), 6)
     interval = profile.interval("rate")
