@@ -13,6 +13,7 @@ import contextlib
 import copy
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -32,8 +33,10 @@ from pytest_gradhealth.diagnosis import (
     WhatIf,
 )
 from pytest_gradhealth.engine import kinds
-from pytest_gradhealth.errors import GradHealthError, InvalidArgumentTypeError
-from pytest_gradhealth.probing import make_options, measure_profile
+from pytest_gradhealth.engine.forward import model_name
+from pytest_gradhealth.engine.seeds import is_factory
+from pytest_gradhealth.errors import GradHealthError, InvalidArgumentError, InvalidArgumentTypeError
+from pytest_gradhealth.probing import make_options, measure, measure_profile
 
 Calls = dict[str, list[tuple[tuple[Any, ...], dict[str, Any]]]]
 
@@ -50,11 +53,18 @@ def diagnose(
     """
     if not isinstance(what_ifs, bool):
         raise InvalidArgumentTypeError(f"what_ifs must be True or False, got {what_ifs!r}")
+    if is_factory(model):
+        raise InvalidArgumentError(
+            f"diagnose reads the gates of one model and tries remedies on copies of it, so it takes the model, not "
+            f"a factory: pass {model_name(model)}() (with seeds=N its inputs are drawn N times)"
+        )
     probe_options = make_options(model, seq_len, options)
     modules = _recurrent_modules(model)
     calls: Calls = {path: [] for path in modules}
-    with _recording(modules, calls):
-        profile = measure_profile(model, probe_options)
+    with _recording(modules, calls):  # the gates along the first draw's trajectory
+        profile = measure_profile(model, replace(probe_options, seeds=None))
+    if probe_options.seeds is not None:  # the figures, as the probe and the assertions measure them
+        profile = measure(model, probe_options)
     seed = probe_options.seed
     layers = [layer for path, module in modules.items() for layer in _layers(path, module, calls[path], seed)]
     layers += [
@@ -498,6 +508,6 @@ def _measured(model: Any, remedy: tuple[str, Remedy], options: Any) -> WhatIf:
     generator = torch.Generator().manual_seed(options.seed)
     with torch.no_grad():
         apply(changed, generator)
-    profile = measure_profile(changed, options)
+    profile = measure(changed, options)
     profile.name = f"{profile.name} [{change}]"
     return WhatIf(change, profile)

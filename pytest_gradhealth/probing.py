@@ -8,7 +8,7 @@ from pytest_gradhealth.engine.options import (
     ProbeOptions,
     make_options,
 )
-from pytest_gradhealth.engine.probe import measure_profile, probe, run_probe
+from pytest_gradhealth.engine.probe import measure, measure_profile, probe, run_probe
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -17,6 +17,7 @@ __all__ = [
     "MODES",
     "ProbeOptions",
     "make_options",
+    "measure",
     "measure_profile",
     "probe",
     "run_probe",

@@ -16,7 +16,7 @@ from torch import nn
 from pytest_gradhealth import probe, reference
 from pytest_gradhealth.diagnosing import _chrono, _replay, _weights, diagnose, path_flows
 from pytest_gradhealth.diagnosis import Diagnosis
-from pytest_gradhealth.errors import InvalidArgumentTypeError
+from pytest_gradhealth.errors import InvalidArgumentError, InvalidArgumentTypeError
 
 
 def constant_gates(module: nn.Module, blocks: tuple[int, ...], seed: int = 0) -> None:
@@ -334,3 +334,23 @@ def test_the_global_random_state_and_the_model_are_left_alone(state_guard):
     state_guard(model)
     diagnose(model, 20)
     assert not model._forward_pre_hooks
+
+
+def test_with_seeds_the_profile_and_every_remedy_are_measured_over_the_seeds():
+    """The figures a diagnosis reports, and the remedies it judges, are the seeded ones an assertion with seeds=
+    judges; the gates are read along the first draw."""
+    model = reference.lstm(8, 16)
+    diagnosis = diagnose(model, 60, seeds=3)
+    seeded = probe(model, 60, seeds=3)
+    assert diagnosis.profile.seeds == 3 and diagnosis.profile.log10_ratio == seeded.log10_ratio
+    assert diagnosis.what_ifs and all(w.profile.seeds == 3 for w in diagnosis.what_ifs)
+    one = diagnose(model, 60)
+    assert [layer.lines(60) for layer in diagnosis.layers] == [layer.lines(60) for layer in one.layers]
+
+
+def test_a_factory_is_refused_with_the_call_that_builds_its_model():
+    def factory():
+        return nn.LSTM(8, 16, batch_first=True)
+
+    with pytest.raises(InvalidArgumentError, match=r"takes the model, not a factory: pass factory\(\)"):
+        diagnose(factory, 50, seeds=3)

@@ -75,3 +75,22 @@ def test_a_bad_explain_value_is_a_usage_error_naming_the_option(pytester):
     result = pytester.runpytest("-p", "no:cacheprovider", "--gradhealth-explain", "maybe")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*command line: explain must be true or false, got 'maybe'*"])
+
+
+def test_a_failing_assertion_with_seeds_measures_its_fix_over_the_seeds(monkeypatch):
+    seeded = []
+    original = diagnosing.measure
+
+    def recording(model, options):
+        seeded.append(options.seeds)
+        return original(model, options)
+
+    monkeypatch.setattr(diagnosing, "measure", recording)
+    with pytest.raises(GradientHealthError, match="measured fix: forget-gate bias"):
+        assert_no_vanishing(reference.lstm(8, 16), 60, min_ratio=1e-3, seeds=3)
+    assert seeded and set(seeded) == {3}  # the seeded profile and every remedy tried: judged as the assertion was
+
+
+def test_a_failing_assertion_on_a_factory_says_why_no_fix_was_measured():
+    with pytest.raises(GradientHealthError, match=r"measured fix: not measured \(diagnose .* not a factory"):
+        assert_no_vanishing(lambda: reference.lstm(8, 16), 60, min_ratio=1e-3, seeds=3, input_size=8)

@@ -113,17 +113,20 @@ def run_probe(
     A disconnected model is recorded with the verdict "disconnected" before its error propagates.
     """
     try:
-        profile = (
-            measure_profile(model, options)
-            if options.seeds is None
-            else measure_seeds(model, options, measure_profile, draw_inputs)
-        )
+        profile = measure(model, options)
     except DisconnectedGradientError as exc:
         if exc.profile is not None:
             emit(exc.profile, {"verdict": "disconnected", "message": str(exc)})
         raise
     emit(profile, None if check is None else check(profile))
     return profile
+
+
+def measure(model: Any, options: ProbeOptions) -> GradientProfile:
+    """`measure_profile`, or over the seeds when `options.seeds` is set (`seeds.measure_seeds`); nothing recorded."""
+    if options.seeds is None:
+        return measure_profile(model, options)
+    return measure_seeds(model, options, measure_profile, draw_inputs)
 
 
 @dataclass(frozen=True)
