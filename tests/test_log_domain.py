@@ -151,6 +151,17 @@ def test_a_short_state_probe_that_goes_subnormal_is_rerun_renormalised(measure):
     np.testing.assert_allclose(profile.log10_norms, exact.log10_norms, rtol=0, atol=1e-5)
 
 
+def test_a_bfloat16_probe_that_underflows_is_renormalised_within_bfloat16s_rounding():
+    """bfloat16 has float32's range and 8 bits of precision: its renormalised pass differs from the plain one by its
+    rounding (0.004 decades here), which the check against the plain pass must allow (it returned the plain
+    profile, -inf at the earliest 23 steps)."""
+    model = reference.lstm(8, 16)
+    profile = probe(model, 200, dtype=torch.bfloat16)
+    exact = probe(model, 200, dtype=torch.float64)
+    assert profile.log10_sample_norms is not None and exact.log10_ratio < -38
+    np.testing.assert_allclose(profile.log10_norms, exact.log10_norms, rtol=0, atol=0.1)
+
+
 @pytest.mark.parametrize(
     ("largest", "exponent"),
     [
