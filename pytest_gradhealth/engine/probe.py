@@ -302,7 +302,7 @@ def _pass(
         result = tap.result(grads)
     norms, sample_norms = batch_rms(result.norms, result.valid)
     zeros = _zeros(norms, result.subnormal, facts.dtype)
-    out_of_range = renormalise.needed(norms, zeros, result.subnormal)
+    out_of_range = renormalise.needed(norms, zeros, result.subnormal, facts.dtype)
     log10_samples = None
     if renormaliser is not None and renormaliser.engaged:  # norms times known powers of two: take them off in log10
         with np.errstate(divide="ignore"):

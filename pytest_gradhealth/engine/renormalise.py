@@ -41,7 +41,7 @@ from pytest_gradhealth.errors import GradHealthError
 _MIXES_TIME = (nn.Conv1d, nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
 # A boundary rescales a sample's gradient only where its largest entry lies outside [2**-LAZY, 2**LAZY]: a gradient in
 # range crosses untouched, so a model whose gradient stays in range (or that some path keeps in range) is measured
-# exactly as by a plain pass, and one that leaves it is rescaled to [0.5, 1).
+# exactly as by a plain pass, and one that leaves it is rescaled to [0.5, 1). Less in a dtype of narrow range (`lazy`).
 LAZY = 20
 # The steepest decay (or growth) per step, in decades, that a chunk of `first_chunk` steps holds in range.
 _STEEPEST = 0.5
@@ -86,18 +86,27 @@ def chunks_first(model: nn.Module) -> int:
     return 2 if vanilla else 4
 
 
-def needed(norms: np.ndarray, zeros: str | None, subnormal: np.ndarray | None) -> bool:
-    """Whether a pass may have left the dtype's range: steps underflowed to zero or subnormal (`subnormal`: a flag per
-    step), or not finite (an overflow to inf, and the NaN of inf times a zero derivative; a NaN of the model's own
-    stays NaN when renormalised)."""
-    return zeros == "underflow" or (subnormal is not None and bool(subnormal.any())) or not np.isfinite(norms).all()
+def lazy(dtype: torch.dtype) -> int:
+    """The bound of lazy rescaling in `dtype`: LAZY, or a quarter of the dtype's binary orders below 1 where that is
+    less (float16: 3 of its 14), so that a gradient is rescaled long before it turns subnormal."""
+    return min(LAZY, int(-math.log2(torch.finfo(dtype).tiny)) // 4)
+
+
+def needed(norms: np.ndarray, zeros: str | None, subnormal: np.ndarray | None, dtype: torch.dtype) -> bool:
+    """Whether a pass may have left the dtype's range: steps underflowed to zero, or small enough (below the smallest
+    normal number over eps) that their subnormal entries (`subnormal`: a flag per step) cost them precision, or not
+    finite (an overflow to inf, and the NaN of inf times a zero derivative; a NaN of the model's own stays NaN when
+    renormalised). A subnormal entry beside entries 1/eps larger is below the step's own rounding: not a reason."""
+    finfo = torch.finfo(dtype)
+    losing = subnormal is not None and bool((subnormal & (norms < finfo.tiny / finfo.eps)).any())
+    return zeros == "underflow" or losing or not np.isfinite(norms).all()
 
 
 def first_chunk(dtype: torch.dtype) -> int:
     """Steps per chunk for a first renormalised pass: what a decay of `_STEEPEST` decades per step (a tanh RNN at
     PyTorch's default initialisation loses about 0.32) covers between 2**-LAZY and the dtype's smallest normal number:
     63 steps in float32, 603 in float64."""
-    room = -math.log10(torch.finfo(dtype).tiny) - LAZY * math.log10(2.0)
+    room = -math.log10(torch.finfo(dtype).tiny) - lazy(dtype) * math.log10(2.0)
     return max(4, int(room / _STEEPEST))
 
 
@@ -137,13 +146,13 @@ class _Rescale(torch.autograd.Function):
         return (None, None, *(None if g is None else _times_power_of_two(g, exponent) for g in grads))
 
 
-def _lazy_exponent(largest: float) -> int:
+def _lazy_exponent(largest: float, bound: int) -> int:
     """The power of two that brings a sample's largest gradient entry to [0.5, 1), where it lies outside
-    [2**-LAZY, 2**LAZY) (and is finite and nonzero), else 0."""
+    [2**-bound, 2**bound) (and is finite and nonzero), else 0."""
     if not math.isfinite(largest) or largest <= 0.0:
         return 0
     _, power = math.frexp(largest)  # largest = m * 2**power, m in [0.5, 1)
-    return -power if power <= -LAZY or power > LAZY else 0
+    return -power if power <= -bound or power > bound else 0
 
 
 def _times_power_of_two(g: torch.Tensor, exponent: np.ndarray) -> torch.Tensor:
@@ -211,10 +220,11 @@ class Renormaliser:
             # Few ops, then plain Python on one number per sample: each small op after a fused kernel costs tens of
             # microseconds on a CPU (its code and data are out of cache), numpy's as much as torch's.
             largest = functools.reduce(torch.maximum, (g.detach().abs().amax(dim=-1) for g in grads if g is not None))
+            bound = lazy(largest.dtype)
             values = largest.tolist()
             if not self.per_sample:
                 values = [math.nan if any(math.isnan(v) for v in values) else max(values)] * len(values)
-            exponents = [_lazy_exponent(v) for v in values]
+            exponents = [_lazy_exponent(v, bound) for v in values]
             self.exponents[boundary] = np.array(exponents, dtype=np.int64) if any(exponents) else None
         return self.exponents[boundary]
 
