@@ -33,8 +33,8 @@ from pytest_gradhealth.diagnosis import (
     WhatIf,
 )
 from pytest_gradhealth.engine import kinds
+from pytest_gradhealth.engine.factories import is_factory
 from pytest_gradhealth.engine.forward import model_name
-from pytest_gradhealth.engine.seeds import is_factory
 from pytest_gradhealth.errors import GradHealthError, InvalidArgumentError, InvalidArgumentTypeError
 from pytest_gradhealth.probing import make_options, measure, measure_profile
 

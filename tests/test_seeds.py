@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pytest_gradhealth import GradHealthError, probe, reference
-from pytest_gradhealth.engine.seeds import is_factory
+from pytest_gradhealth.engine.factories import is_factory
 from pytest_gradhealth.intervals import median_interval
 from pytest_gradhealth.profile import GradientProfile
 from pytest_gradhealth.report.schema import profile as check_profile
@@ -112,3 +112,14 @@ def test_interval_of_a_single_draw_is_its_value():
     assert interval.low == interval.high == profile.rate and interval.n == 1
     with pytest.raises(GradHealthError, match="metric must be one of ratio, rate"):
         profile.interval("slope")
+
+
+def test_a_factory_is_probed_in_the_layout_of_the_model_it_builds():
+    def time_major():
+        return torch.nn.RNN(8, 32)  # PyTorch's default, batch_first=False
+
+    profile = probe(time_major, 50, seeds=2)
+    torch.manual_seed(0)  # the first draw's model, built under seed 0, probed on its own
+    np.testing.assert_array_equal(profile.seed_profiles[0].norms, probe(time_major(), 50).norms)
+    with pytest.raises(GradHealthError, match="seed must be an int"):  # checked before the factory runs
+        probe(time_major, 50, seeds=2, seed="0")

@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from pytest_gradhealth.engine import kinds
+from pytest_gradhealth.engine.factories import build, is_factory
 from pytest_gradhealth.engine.sequences import (
     BATCH_FEATURE_TIME,
     BATCH_TIME_FEATURE,
@@ -231,16 +232,20 @@ class ProbeOptions:
 
 def make_options(model: Any, seq_len: int, options: dict[str, Any]) -> ProbeOptions:
     """`ProbeOptions` for `model` from keyword options, with an error naming the valid ones when a name is unknown;
-    the layout, when neither layout nor batch_first is given, is the model's own."""
+    the layout, when neither layout nor batch_first is given, is the model's own (a factory's: that of the model it
+    builds under `seed`)."""
     known = {f.name for f in fields(ProbeOptions)} - {"seq_len"}
     unknown = sorted(set(options) - known)
     if unknown:
         raise InvalidArgumentTypeError(
             f"unknown probe option(s) {', '.join(map(repr, unknown))}; valid options are {', '.join(sorted(known))}"
         )
-    if options.get("batch_first") is None and options.get("layout") is None:
-        options = {**options, "layout": kinds.layout_of(model)}
-    return ProbeOptions(seq_len=seq_len, **options)
+    if options.get("batch_first") is not None or options.get("layout") is not None:
+        return ProbeOptions(seq_len=seq_len, **options)
+    if not is_factory(model):
+        return ProbeOptions(seq_len=seq_len, **{**options, "layout": kinds.layout_of(model)})
+    seed = ProbeOptions(seq_len=seq_len, **options).seed  # checked, with the rest, before the factory builds under it
+    return ProbeOptions(seq_len=seq_len, **{**options, "layout": kinds.layout_of(build(model, seed))})
 
 
 def check_int(label: str, value: Any, minimum: int | None, fix: str = "") -> None:

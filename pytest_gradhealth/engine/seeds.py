@@ -10,7 +10,6 @@ every other case, and any batched pass that fails or leaves the dtype's range, r
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -19,38 +18,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from pytest_gradhealth.engine.factories import build, is_factory
 from pytest_gradhealth.engine.forward import _first_tensor, loss_of
 from pytest_gradhealth.engine.options import ProbeOptions
 from pytest_gradhealth.engine.sequences import BATCH_FEATURE_TIME, TIME_BATCH_FEATURE, batch_rms
-from pytest_gradhealth.errors import GradHealthError, ModelForwardError, ModelInterfaceError
+from pytest_gradhealth.errors import GradHealthError, ModelInterfaceError
 from pytest_gradhealth.profile import GradientProfile, log10_rms
 
 Measure = Callable[[Any, ProbeOptions], GradientProfile]
 Draw = Callable[[Any, ProbeOptions], tuple[torch.Tensor, torch.Generator]]
-
-
-def is_factory(model: Any) -> bool:
-    """A callable that is not an nn.Module and can be called with no arguments: it builds the model to probe."""
-    if isinstance(model, nn.Module) or not callable(model):
-        return False
-    try:
-        inspect.signature(model).bind()
-    except TypeError:  # it needs an argument: a model function taking the input
-        return False
-    except ValueError:  # no signature to read (a builtin): not one of the user's factories
-        return False
-    return True
-
-
-def build(factory: Callable[[], Any], seed: int) -> Any:
-    """The factory's model, its initial draws taken from `seed`; the global random state is left as it was."""
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)  # as reference models seed: CUDA's generators are not touched
-        try:
-            model = factory()
-        except Exception as exc:
-            raise ModelForwardError(f"the model factory raised {type(exc).__name__}: {exc}") from exc
-    return model
 
 
 def measure_seeds(model: Any, options: ProbeOptions, measure: Measure, draw: Draw) -> GradientProfile:
