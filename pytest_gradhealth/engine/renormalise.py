@@ -157,7 +157,8 @@ def _lazy_exponent(largest: float, bound: int) -> int:
 
 def _times_power_of_two(g: torch.Tensor, exponent: np.ndarray) -> torch.Tensor:
     """g * 2**exponent per sample (rows of g), in two halves so that neither factor leaves g's dtype's range."""
-    halves = [[2.0 ** (e // 2) for e in exponent.tolist()], [2.0 ** (e - e // 2) for e in exponent.tolist()]]
+    exponents = exponent.tolist()
+    halves = [[2.0 ** (e // 2) for e in exponents], [2.0 ** (e - e // 2) for e in exponents]]
     factors = torch.tensor(halves, dtype=g.dtype, device=g.device).view(2, -1, *(1,) * (g.dim() - 1))
     return g * factors[0] * factors[1]
 

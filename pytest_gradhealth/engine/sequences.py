@@ -149,10 +149,11 @@ def by_lag(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each sample's gradient norm at the profile's `steps`, counted back from its own last real step.
 
-    `norms[b, j]` belongs to absolute timestep `at[j]` of sample b. Profile step t is lag seq_len-1-t, which
+    `norms[b, j]` belongs to absolute timestep `at[j]` of sample b (`at` sorted, holding every step a sample reaches
+    by lag: the profile's `steps` when no sample is padded). Profile step t is lag seq_len-1-t, which
     sample b reaches at its timestep lengths[b]-1-lag; `valid` is False where that is before its first step.
     """
-    if lengths is None and np.array_equal(at, steps):
+    if lengths is None and len(at) == len(steps):  # the steps are among `at`, both in order: the same steps
         return norms, np.ones(norms.shape, dtype=bool)  # the common case: nothing to align, and no time spent
     full = np.asarray(lengths or (seq_len,) * norms.shape[0])
     lags = seq_len - 1 - steps

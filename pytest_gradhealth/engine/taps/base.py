@@ -80,11 +80,7 @@ def sample_norms(g: torch.Tensor) -> np.ndarray:
 def sequence_result(grads: list[torch.Tensor], window: Window) -> TapResult:
     """The result of a tap that reads one tensor per sequence or one per timestep, every step in time order."""
     g = per_step(grads, window.layout)
-    norms = sample_norms(g)
-    if window.lengths is None and len(window.steps) == window.seq_len:  # every step, in order: nothing to align
-        valid = np.ones(norms.shape, dtype=bool)
-    else:
-        norms, valid = window.by_lag(norms, np.arange(window.seq_len))
+    norms, valid = window.by_lag(sample_norms(g), np.arange(window.seq_len))
     subnormal = None if window.lengths is not None else subnormal_steps(g)[window.steps]
     return TapResult(norms, valid, None, subnormal)
 
