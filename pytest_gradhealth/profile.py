@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from collections.abc import Callable, Mapping
@@ -58,6 +59,15 @@ def log10_rms(log10_samples: np.ndarray, valid: np.ndarray) -> np.ndarray:
         shifted = np.where(valid & scalable, log10_samples - np.where(scalable, largest, 0.0), -np.inf)
         mean_square = (10.0 ** (2.0 * shifted)).sum(axis=0) / np.maximum(valid.sum(axis=0), 1)
         return np.where(scalable, largest + 0.5 * np.log10(mean_square), largest)
+
+
+def _log(log: Callable[[np.ndarray], np.ndarray], values: np.ndarray) -> np.ndarray:
+    """`log` of `values`: -inf at zeros, NaN at NaN, without numpy's warnings (and without the cost of silencing them
+    where every value is positive)."""
+    if values.min() > 0.0:
+        return log(values)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return log(values)
 
 
 def _slope(x: np.ndarray, y: np.ndarray) -> float:
@@ -123,10 +133,7 @@ class GradientProfile:
                 f"sample_norms must have shape (batch, {len(self.norms)}), got {self.sample_norms.shape}"
             )
         if self.log10_sample_norms is None:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                self._log10_norms = np.log10(self.norms)
-                self._ln_norms = np.log(self.norms)
-                self._ln_samples = np.log(self.sample_norms)
+            self._log10_norms = _log(np.log10, self.norms)
         else:
             self.log10_sample_norms = np.asarray(self.log10_sample_norms, dtype=np.float64)
             if self.log10_sample_norms.shape != self.sample_norms.shape:
@@ -136,8 +143,20 @@ class GradientProfile:
                 )
             logs = self.log10_sample_norms
             self._log10_norms = np.where(np.isnan(self.norms), np.nan, log10_rms(logs, ~np.isnan(logs)))
-            self._ln_norms = self._log10_norms * _LN10
-            self._ln_samples = logs * _LN10
+
+    @functools.cached_property
+    def _ln_norms(self) -> np.ndarray:
+        """ln of each step's norm (from the log-domain figures where the probe renormalised)."""
+        if self.log10_sample_norms is None:
+            return _log(np.log, self.norms)
+        return self._log10_norms * _LN10
+
+    @functools.cached_property
+    def _ln_samples(self) -> np.ndarray:
+        """ln of each sample's norm at each step (from the log-domain figures where the probe renormalised)."""
+        if self.log10_sample_norms is None:
+            return _log(np.log, self.sample_norms)
+        return self.log10_sample_norms * _LN10
 
     # -- metrics -------------------------------------------------------------------------------------
 

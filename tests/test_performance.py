@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import re
 
 import numpy as np
@@ -17,40 +18,61 @@ from pytest_gradhealth.engine.options import make_options
 from pytest_gradhealth.engine.probe import model_facts
 from pytest_gradhealth.engine.sequences import batch_rms
 from pytest_gradhealth.engine.taps import lstm, scans, segments
-from pytest_gradhealth.engine.taps.base import per_step, subnormal_steps
+from pytest_gradhealth.engine.taps.base import per_step, sample_norms, subnormal_steps
 from pytest_gradhealth.errors import GradHealthError, InvalidArgumentError
 
 
 def exact_subnormal(g: torch.Tensor) -> list[bool]:
-    """Per step (axis 1), whether any entry of a (batch, seq, features) tensor is nonzero and below the smallest
-    normal number, one entry at a time in Python."""
-    tiny = torch.finfo(g.dtype).tiny
-    return [any(0 < abs(float(v)) < tiny for v in g[:, t].flatten()) for t in range(g.shape[1])]
+    """Per step (axis 1), whether some sample's entries of a (batch, seq, features) tensor hold one that is nonzero
+    and below the smallest normal number, in a vector whose norm is below tiny / eps (where such an entry is above
+    the norm's rounding), one entry at a time in Python."""
+    info = torch.finfo(g.dtype)
+    found = []
+    for t in range(g.shape[1]):
+        found.append(
+            any(
+                any(0 < abs(float(v)) < info.tiny for v in g[b, t])
+                and math.sqrt(sum(float(v) ** 2 for v in g[b, t])) < info.tiny / info.eps
+                for b in range(g.shape[0])
+            )
+        )
+    return found
+
+
+def subnormal(g: torch.Tensor) -> list[bool]:
+    return subnormal_steps(g, sample_norms(g)).tolist()
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
 def test_subnormal_steps_are_the_entries_between_zero_and_the_smallest_normal_number(dtype):
     info = torch.finfo(dtype)
-    g = torch.ones(2, 6, 3, dtype=dtype)
+    g = torch.full((2, 7, 3), 4 * info.tiny, dtype=dtype)  # norms far below tiny / eps: subnormal entries count
     g[0, 0, 0] = 0.0  # zero: not subnormal
     g[1, 1, 2] = info.tiny  # the smallest normal number: not subnormal
     g[0, 2, 1] = -info.tiny * info.eps  # the smallest subnormal number, negative
     g[1, 3, 0] = info.tiny - info.tiny * info.eps  # the largest subnormal number
-    g[0, 4, 2] = float("nan")  # NaN and inf take the exact test and are not subnormal
+    g[0, 4, 2] = float("nan")  # NaN and inf are not subnormal
     g[1, 5, 1] = float("inf")
-    expected = [False, False, True, True, False, False]
+    g[0, 6] = torch.tensor([1.0, 1.0, info.tiny * info.eps], dtype=dtype)  # below this norm's rounding: not counted
+    expected = [False, False, True, True, False, False, False]
     assert exact_subnormal(g) == expected
-    assert subnormal_steps(per_step([g], "batch-time-feature")).tolist() == expected
-    assert not subnormal_steps(torch.ones(2, 6, 3, dtype=dtype)).any()  # the first test alone
-    assert not subnormal_steps(torch.zeros(2, 6, 3, dtype=dtype)).any()  # zeros take the second
+    assert subnormal(per_step([g], "batch-time-feature")) == expected
+    g[1, 6] = info.tiny * info.eps  # a sample whose norm is subnormal itself
+    assert subnormal(g)[6] and exact_subnormal(g)[6]
+    assert not any(subnormal(torch.ones(2, 6, 3, dtype=dtype)))  # no op on the gradient
+    beside_nan = torch.ones(2, 3, 3, dtype=dtype)
+    beside_nan[0, 0, 0], beside_nan[1, 2] = float("nan"), info.tiny * info.eps
+    assert subnormal(beside_nan) == [False, False, True]
+    assert not any(subnormal(torch.full((2, 6, 3), 4 * info.tiny, dtype=dtype)))  # the first test alone
+    assert not any(subnormal(torch.zeros(2, 6, 3, dtype=dtype)))  # zeros take the second
 
 
 def test_subnormal_steps_of_one_gradient_per_step_and_of_a_time_major_one():
-    g = torch.ones(2, 4, 3)
+    g = torch.full((2, 4, 3), 1e-35)
     g[1, 2, 0] = 1e-40
     per_steps = per_step([g[:, t] for t in range(4)], "batch-time-feature")
-    assert subnormal_steps(per_steps).tolist() == [False, False, True, False]
-    assert subnormal_steps(per_step([g.transpose(0, 1)], "time-batch-feature")).tolist() == [False, False, True, False]
+    assert subnormal(per_steps) == [False, False, True, False]
+    assert subnormal(per_step([g.transpose(0, 1)], "time-batch-feature")) == [False, False, True, False]
 
 
 @pytest.mark.parametrize("reverse", [False, True])

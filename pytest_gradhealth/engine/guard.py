@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,14 +30,23 @@ def guarded(model: Any, mode: str, device: torch.device, seed: int) -> Iterator[
     names = [set(m._buffers) for m in modules]
     # Each buffer object and its values: forward may update a buffer in place or assign a new tensor to its name.
     buffers = [(m, name, b, b.detach().clone()) for m in modules for name, b in m._buffers.items() if b is not None]
-    parameters = [(p, p.detach().clone()) for p in (model.parameters() if isinstance(model, nn.Module) else ())]
+    # model.parameters(), read from the modules already listed (a parameter shared by two modules once)
+    own = {id(p): p for m in modules for p in m._parameters.values() if p is not None}
+    parameters = [(p, p.detach().clone()) for p in own.values()]
     cudnn_off = device.type == "cuda" and mode == "eval"  # cuDNN's RNN backward refuses to run in eval mode
+    # The global generators' states (what torch.random.fork_rng saves, without its per-call checks).
+    rng = [torch.default_generator.get_state()] + [torch.cuda.get_rng_state(index) for index in cuda_devices]
     try:
-        cudnn = torch.backends.cudnn.flags(enabled=False) if cudnn_off else contextlib.nullcontext()
-        with torch.random.fork_rng(devices=cuda_devices), cudnn, torch.inference_mode(False), torch.enable_grad():
-            # Dropout in train mode draws from the global generators. Seed only those fork_rng restores:
-            # torch.manual_seed would also queue a seed that a not yet initialised CUDA applies after the probe
-            # (and capture a stack trace to do so, a large share of a small probe's cost).
+        with contextlib.ExitStack() as stack:
+            if cudnn_off:
+                stack.enter_context(torch.backends.cudnn.flags(enabled=False))
+            if torch.is_inference_mode_enabled():
+                stack.enter_context(torch.inference_mode(False))
+            if not torch.is_grad_enabled():
+                stack.enter_context(torch.enable_grad())
+            # Dropout in train mode draws from the global generators. Seed only those saved above: torch.manual_seed
+            # would also queue a seed that a not yet initialised CUDA applies after the probe (and capture a stack
+            # trace to do so, a large share of a small probe's cost).
             torch.default_generator.manual_seed(seed)
             for index in cuda_devices:
                 torch.cuda.default_generators[index].manual_seed(seed)
@@ -45,34 +55,39 @@ def guarded(model: Any, mode: str, device: torch.device, seed: int) -> Iterator[
                     object.__setattr__(m, "training", mode == "train")
             yield model
     finally:
+        torch.default_generator.set_state(rng[0])
+        for index, state in zip(cuda_devices, rng[1:], strict=False):
+            torch.cuda.set_rng_state(state, index)
         for m, flag, known in zip(modules, flags, names, strict=False):
             if m.training != flag:
                 object.__setattr__(m, "training", flag)
             for name in set(m._buffers) - known:  # registered by forward
                 del m._buffers[name]
-        with torch.no_grad():
-            for m, name, buffer, saved in buffers:
-                m._buffers[name] = buffer
-                _put_back(buffer, saved)
-            for parameter, saved in parameters:
-                _put_back(parameter, saved)
+        for m, name, buffer, saved in buffers:
+            m._buffers[name] = buffer
+            _put_back(buffer, saved)
+        for parameter, saved in parameters:
+            _put_back(parameter, saved)
 
 
 def _put_back(tensor: torch.Tensor, saved: torch.Tensor) -> None:
     """`tensor` with `saved`'s shape and values again, touched only where it changed (a probe is often small)."""
-    if tensor.shape != saved.shape:
-        tensor.resize_(saved.shape)
-    elif torch.equal(tensor, saved):
+    if tensor.shape == saved.shape and torch.equal(tensor, saved):
         return
-    tensor.copy_(saved)
+    with torch.no_grad():
+        if tensor.shape != saved.shape:
+            tensor.resize_(saved.shape)
+        tensor.copy_(saved)
 
 
 def dtype_and_device(model: Any) -> tuple[torch.dtype, torch.device]:
     """The dtype and device of the model's first floating parameter or buffer (the defaults for a plain callable)."""
     if isinstance(model, nn.Module):
-        for tensor in (*model.parameters(), *model.buffers()):
-            if tensor.is_floating_point():
-                return tensor.dtype, tensor.device
+        modules = list(model.modules())
+        for table in itertools.chain((m._parameters for m in modules), (m._buffers for m in modules)):
+            for tensor in table.values():
+                if tensor is not None and tensor.is_floating_point():
+                    return tensor.dtype, tensor.device
     return torch.get_default_dtype(), torch.device("cpu")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -112,6 +113,8 @@ class ProbeOptions:
         if self.name is not None and not isinstance(self.name, str):
             raise InvalidArgumentTypeError(f"name must be a string, got {type(self.name).__name__}")
         self._check_state_options()
+        for cached in ("steps", "window"):  # read above while the fields were being normalised
+            self.__dict__.pop(cached, None)
 
     def _resolve_layout(self) -> None:
         """`layout` and `batch_first` made to agree: either one given, or both saying the same."""
@@ -209,10 +212,12 @@ class ProbeOptions:
             return len(self.lengths)  # type: ignore[arg-type]
         return self.inputs.shape[self.window.batch_axis]  # type: ignore[union-attr]
 
-    @property
+    @functools.cached_property
     def steps(self) -> np.ndarray:
         """The measured timesteps: every one, or `checkpoints` evenly spaced ones with the first and the last."""
-        return measured_steps(self.seq_len, self.checkpoints)
+        steps = measured_steps(self.seq_len, self.checkpoints)
+        steps.flags.writeable = False  # one array for the options' lifetime
+        return steps
 
     @property
     def run_len(self) -> int:
@@ -223,22 +228,25 @@ class ProbeOptions:
     def layout_name(self) -> str:
         return self.window.layout_name
 
-    @property
+    @functools.cached_property
     def window(self) -> Window:
         """The timesteps, layout and lengths the taps measure: the last seq_len of the run_len steps the model runs."""
         lengths = None if self.lengths is None else tuple(self.lengths)  # type: ignore[arg-type]
-        return Window(self.run_len, self.steps + self.warmup, lengths, self.layout)  # type: ignore[arg-type]
+        steps = self.steps + self.warmup if self.warmup else self.steps
+        return Window(self.run_len, steps, lengths, self.layout)  # type: ignore[arg-type]
+
+
+_KNOWN = frozenset(f.name for f in fields(ProbeOptions)) - {"seq_len"}  # the keyword options
 
 
 def make_options(model: Any, seq_len: int, options: dict[str, Any]) -> ProbeOptions:
     """`ProbeOptions` for `model` from keyword options, with an error naming the valid ones when a name is unknown;
     the layout, when neither layout nor batch_first is given, is the model's own (a factory's: that of the model it
     builds under `seed`)."""
-    known = {f.name for f in fields(ProbeOptions)} - {"seq_len"}
-    unknown = sorted(set(options) - known)
+    unknown = sorted(set(options) - _KNOWN)
     if unknown:
         raise InvalidArgumentTypeError(
-            f"unknown probe option(s) {', '.join(map(repr, unknown))}; valid options are {', '.join(sorted(known))}"
+            f"unknown probe option(s) {', '.join(map(repr, unknown))}; valid options are {', '.join(sorted(_KNOWN))}"
         )
     if options.get("batch_first") is not None or options.get("layout") is not None:
         return ProbeOptions(seq_len=seq_len, **options)

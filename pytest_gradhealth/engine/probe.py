@@ -6,6 +6,7 @@ The line every probe runs: options -> model facts -> guard -> inputs -> tap -> f
 from __future__ import annotations
 
 import contextlib
+import functools
 import platform
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -302,7 +303,7 @@ def _pass(
         result = tap.result(grads)
     norms, sample_norms = batch_rms(result.norms, result.valid)
     zeros = _zeros(norms, result.subnormal, facts.dtype)
-    out_of_range = renormalise.needed(norms, zeros, result.subnormal, facts.dtype)
+    out_of_range = renormalise.needed(norms, zeros, result.subnormal)
     log10_samples = None
     if renormaliser is not None and renormaliser.engaged:  # norms times known powers of two: take them off in log10
         with np.errstate(divide="ignore"):
@@ -327,7 +328,7 @@ def _pass(
         input_size=int(features),  # type: ignore[arg-type]
         hidden_size=facts.hidden_size,
         layer=tap.layer,
-        versions=_versions(),
+        versions=dict(_versions()),
         contributions=result.contributions,
         subnormal_steps=None if result.subnormal is None else options.steps[result.subnormal],
         zeros=zeros,
@@ -362,6 +363,8 @@ def _zeros(norms: np.ndarray, subnormal: np.ndarray | None, dtype: torch.dtype) 
     """Why some steps get exactly zero gradient: "underflow" when the nonzero step next to them (towards the loss) is
     subnormal or within a few orders of the smallest normal number, else "structural" (no path reaches them:
     a convolution's receptive field, a mask, dead ReLUs). None when no step, or every step, is zero."""
+    if norms.min() > 0.0:  # most profiles: one op
+        return None
     zero = np.flatnonzero(norms == 0.0)
     if zero.size == 0 or zero.size == norms.size or zero[-1] == norms.size - 1:
         return None
@@ -446,6 +449,7 @@ def _check_connected(profile: GradientProfile, model: Any) -> None:
         )
 
 
+@functools.cache
 def _versions() -> dict[str, str]:
     from pytest_gradhealth import __version__
 

@@ -92,13 +92,11 @@ def lazy(dtype: torch.dtype) -> int:
     return min(LAZY, int(-math.log2(torch.finfo(dtype).tiny)) // 4)
 
 
-def needed(norms: np.ndarray, zeros: str | None, subnormal: np.ndarray | None, dtype: torch.dtype) -> bool:
-    """Whether a pass may have left the dtype's range: steps underflowed to zero, or small enough (below the smallest
-    normal number over eps) that their subnormal entries (`subnormal`: a flag per step) cost them precision, or not
-    finite (an overflow to inf, and the NaN of inf times a zero derivative; a NaN of the model's own stays NaN when
-    renormalised). A subnormal entry beside entries 1/eps larger is below the step's own rounding: not a reason."""
-    finfo = torch.finfo(dtype)
-    losing = subnormal is not None and bool((subnormal & (norms < finfo.tiny / finfo.eps)).any())
+def needed(norms: np.ndarray, zeros: str | None, subnormal: np.ndarray | None) -> bool:
+    """Whether a pass may have left the dtype's range: steps underflowed to zero, or whose subnormal entries cost some
+    sample's norm precision (`subnormal`: a flag per step, see `subnormal_steps`), or not finite (an overflow to inf,
+    and the NaN of inf times a zero derivative; a NaN of the model's own stays NaN when renormalised)."""
+    losing = subnormal is not None and bool(subnormal.any())
     return zeros == "underflow" or losing or not np.isfinite(norms).all()
 
 

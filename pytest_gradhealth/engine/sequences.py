@@ -75,8 +75,8 @@ class Window:
         """The time axis of `x` in this layout."""
         return x.dim() - 1 if self.layout == BATCH_FEATURE_TIME and x.dim() >= 3 else self.time_axis
 
-    def by_lag(self, norms: np.ndarray, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """`by_lag` for this window."""
+    def by_lag(self, norms: np.ndarray, at: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """`by_lag` for this window (`at` None: every step 0 .. seq_len-1, in order)."""
         return by_lag(norms, at, self.steps, self.lengths, self.seq_len)
 
 
@@ -145,16 +145,19 @@ def last_steps(y: torch.Tensor, lengths: Sequence[int] | None, seq_len: int, lay
 
 
 def by_lag(
-    norms: np.ndarray, at: np.ndarray, steps: np.ndarray, lengths: Sequence[int] | None, seq_len: int
+    norms: np.ndarray, at: np.ndarray | None, steps: np.ndarray, lengths: Sequence[int] | None, seq_len: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each sample's gradient norm at the profile's `steps`, counted back from its own last real step.
 
     `norms[b, j]` belongs to absolute timestep `at[j]` of sample b (`at` sorted, holding every step a sample reaches
     by lag: the profile's `steps` when no sample is padded). Profile step t is lag seq_len-1-t, which
-    sample b reaches at its timestep lengths[b]-1-lag; `valid` is False where that is before its first step.
+    sample b reaches at its timestep lengths[b]-1-lag; `valid` is False where that is before its first step. `at`
+    None: every timestep 0 .. seq_len-1.
     """
-    if lengths is None and len(at) == len(steps):  # the steps are among `at`, both in order: the same steps
+    if lengths is None and (seq_len if at is None else len(at)) == len(steps):  # the steps are among `at`, in order
         return norms, np.ones(norms.shape, dtype=bool)  # the common case: nothing to align, and no time spent
+    if at is None:
+        at = np.arange(seq_len)
     full = np.asarray(lengths or (seq_len,) * norms.shape[0])
     lags = seq_len - 1 - steps
     absolute = full[:, None] - 1 - lags[None, :]

@@ -55,8 +55,11 @@ def stacked_result(
     (len(at), batch, ...): per-sample norms by lag, and which of the profile's steps hold a subnormal entry (not read
     for a padded batch)."""
     flat = g.detach().reshape(g.shape[0], g.shape[1], -1).transpose(0, 1)  # (batch, steps, features)
-    norms, valid = window.by_lag(sample_norms(flat), at)
-    subnormal = None if window.lengths is not None else subnormal_steps(flat)[np.searchsorted(at, window.steps)]
+    at_steps = sample_norms(flat)
+    norms, valid = window.by_lag(at_steps, at)
+    subnormal = None
+    if window.lengths is None:
+        subnormal = subnormal_steps(flat, at_steps, np.searchsorted(at, window.steps))
     return TapResult(norms, valid, contributions, subnormal)
 
 
@@ -80,24 +83,34 @@ def sample_norms(g: torch.Tensor) -> np.ndarray:
 def sequence_result(grads: list[torch.Tensor], window: Window) -> TapResult:
     """The result of a tap that reads one tensor per sequence or one per timestep, every step in time order."""
     g = per_step(grads, window.layout)
-    norms, valid = window.by_lag(sample_norms(g), np.arange(window.seq_len))
-    subnormal = None if window.lengths is not None else subnormal_steps(g)[window.steps]
+    at_steps = sample_norms(g)
+    norms, valid = window.by_lag(at_steps)
+    subnormal = None if window.lengths is not None else subnormal_steps(g, at_steps, window.steps)
     return TapResult(norms, valid, None, subnormal)
 
 
-def subnormal_steps(g: torch.Tensor) -> np.ndarray:
-    """Per timestep of a (batch, seq, features) gradient, whether any entry is subnormal: nonzero but below the
-    dtype's smallest normal number, where it has lost precision on its way to underflowing to zero."""
+def subnormal_steps(g: torch.Tensor, norms: np.ndarray, at: np.ndarray | None = None) -> np.ndarray:
+    """Per timestep of a (batch, seq, features) gradient whose per-sample norms are `norms` (batch, seq), at the
+    indices `at` along seq (None: every one), whether subnormal entries (nonzero but below the dtype's smallest normal
+    number, where they have lost precision on their way to underflowing to zero) hold a share of some sample's norm
+    above the dtype's rounding: where its norm is below tiny / eps. Elsewhere a subnormal entry is below the norm's own
+    rounding, and not looked for."""
     finfo = torch.finfo(g.dtype)
-    # Most gradients hold none: first the smallest magnitude of the whole tensor (two fast ops, one temporary of the
-    # gradient's size: peak memory is a goal too). Only a zero, a NaN or a subnormal number below it takes the tests
-    # below: hardshrink keeps the entries above the largest subnormal number, so what it changes is subnormal (or
-    # NaN/inf, which take the exact test).
+    if not np.fmin.reduce(norms, axis=None) < finfo.tiny / finfo.eps:  # most gradients: one op (NaN ignored)
+        return np.zeros(g.shape[1] if at is None else len(at), dtype=bool)
+    small = norms < finfo.tiny / finfo.eps
+    # Then the smallest magnitude of the whole tensor first (two fast ops, one temporary of the gradient's size: peak
+    # memory is a goal too). Only a zero, a NaN or a subnormal number below it takes the tests below: hardshrink keeps
+    # the entries above the largest subnormal number, so what it changes is subnormal (or NaN/inf, which take the
+    # exact test).
     if float(g.abs().amin()) >= finfo.tiny or not bool(
         torch.nn.functional.hardshrink(g, finfo.tiny - finfo.tiny * finfo.eps).sub_(g).any()
     ):
-        return np.zeros(g.shape[1], dtype=bool)
-    return ((g != 0) & (g.abs() < finfo.tiny)).any(-1).any(0).cpu().numpy()
+        held = np.zeros(small.shape, dtype=bool)
+    else:
+        held = ((g != 0) & (g.abs() < finfo.tiny)).any(-1).cpu().numpy()  # (batch, seq)
+    found = (held & small).any(0)
+    return found if at is None else found[at]
 
 
 def stand_in_forward(module: torch.nn.Module, forward: Any, stack: contextlib.ExitStack) -> None:
