@@ -51,6 +51,19 @@ def test_last_step_norm_is_the_norm_of_the_unit_projection():
     np.testing.assert_allclose(profile.sample_norms[:, -1], 1.0, rtol=REL)
 
 
+def test_the_default_loss_is_the_sum_over_the_batch_of_v_dot_the_last_output():
+    # The probe starts the backward pass from v at each y_T, without computing the loss: the same gradients, bit for
+    # bit, as the loss itself. With inputs given, v is the first draw of the generator seeded with `seed`.
+    torch.manual_seed(0)
+    lstm, seq_len = nn.LSTM(4, 6, batch_first=True), 12
+    x = torch.randn(8, seq_len, 4)
+    v = torch.randn(6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    v = (v / v.norm()).float()
+    default = probe(lstm, seq_len, inputs=x, seed=3)
+    explicit = probe(lstm, seq_len, inputs=x, seed=3, loss_fn=lambda out: (out[0][:, -1] * v).sum())
+    np.testing.assert_array_equal(default.sample_norms, explicit.sample_norms)
+
+
 def test_time_major_layout_gives_the_same_exact_decay():
     def time_major(batch, seq_len, gen):
         return positive_inputs(batch, seq_len, gen).transpose(0, 1).contiguous()

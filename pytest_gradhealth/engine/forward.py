@@ -7,6 +7,7 @@ import inspect
 import re
 import weakref
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -167,14 +168,28 @@ def _first_tensor(output: Any) -> Any:
     return output
 
 
-def loss_of(output: Any, options: ProbeOptions, generator: torch.Generator, batch: int) -> torch.Tensor:
+@dataclass(frozen=True)
+class Loss:
+    """Where the backward pass starts: a scalar loss (`direction` None), or an output and the gradient of the loss
+    with respect to it (`direction`): the default loss, sum over the batch of <v, y_T>, has gradient v at each y_T,
+    which the backward pass can start from without the loss itself being computed."""
+
+    output: torch.Tensor
+    direction: torch.Tensor | None = None
+
+    def scalar(self) -> torch.Tensor:
+        """The loss as a scalar tensor."""
+        return self.output if self.direction is None else (self.output * self.direction).sum()
+
+
+def loss_of(output: Any, options: ProbeOptions, generator: torch.Generator, batch: int) -> Loss:
     """`loss_fn(output)`, or the default: sum over the batch of <v, y_T>, v a unit vector drawn from `generator`."""
     if options.loss_fn is not None:
         loss = call_user(options.loss_fn, "loss_fn", output)
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.is_floating_point():
             shown = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
             raise InvalidArgumentError(f"loss_fn must return a floating scalar tensor, got {shown}")
-        return loss.reshape(())
+        return Loss(loss.reshape(()))
     y = _first_tensor(output)
     if isinstance(y, PackedSequence):
         y = pad_packed_sequence(y, batch_first=options.batch_first)[0]
@@ -208,4 +223,4 @@ def loss_of(output: Any, options: ProbeOptions, generator: torch.Generator, batc
         )
     v = torch.randn(y.shape[1], generator=generator, dtype=torch.float64)
     v = (v / torch.linalg.vector_norm(v)).to(dtype=y.dtype, device=y.device)  # Tensor.norm's Python costs 20 us
-    return (y * v).sum()
+    return Loss(y, v.expand(y.shape))

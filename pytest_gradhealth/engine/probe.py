@@ -18,7 +18,14 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from pytest_gradhealth.engine import guard, kinds, memory, renormalise
-from pytest_gradhealth.engine.forward import TokenInputsExpected, first_receiver, loss_of, model_name, run_forward
+from pytest_gradhealth.engine.forward import (
+    Loss,
+    TokenInputsExpected,
+    first_receiver,
+    loss_of,
+    model_name,
+    run_forward,
+)
 from pytest_gradhealth.engine.inputs import make_inputs
 from pytest_gradhealth.engine.options import (
     DEFAULT_SEED,
@@ -214,7 +221,8 @@ def measure_profile(model: nn.Module | Callable[..., Any], options: ProbeOptions
 def _check_underflowed_everywhere(model: Any, options: ProbeOptions, profile: GradientProfile) -> None:
     """Never call a gradient that underflowed at every step disconnected: where the probe's dtype is not float64 and
     every norm is zero, a float64 probe tells; if it finds gradient, the error names dtype=."""
-    if not np.all(profile.norms == 0.0) or profile.dtype == "float64" or not isinstance(model, nn.Module):
+    norms = profile.norms
+    if norms[-1] != 0.0 or np.any(norms) or profile.dtype == "float64" or not isinstance(model, nn.Module):
         return
     wider = replace(options, dtype=torch.float64)
     try:
@@ -401,7 +409,7 @@ def _check_layout(model: Any, options: ProbeOptions, profile: GradientProfile) -
     norms = profile.norms
     if options.measure != "input" or options.inputs is not None or options.input_fn is not None:
         return  # a state tap reads its module's own layout; given inputs are in the layout the caller says
-    if not (np.all(norms[:-1] == 0.0) and norms[-1] > 0.0):
+    if not (norms[-1] > 0.0 and norms[0] == 0.0 and not np.any(norms[:-1])):  # most profiles: two Python tests
         return
     convolutional = any(k.layout == BATCH_FEATURE_TIME for _, _, k in kinds.contained(model, "projection"))
     candidates = [o for o in LAYOUTS if o != options.layout and (o != BATCH_FEATURE_TIME or convolutional)]
@@ -420,20 +428,20 @@ def _check_layout(model: Any, options: ProbeOptions, profile: GradientProfile) -
             )
 
 
-def _gradients(loss: torch.Tensor, measured: list[torch.Tensor], model: Any) -> list[torch.Tensor]:
-    if not loss.requires_grad:
+def _gradients(loss: Loss, measured: list[torch.Tensor], model: Any) -> list[torch.Tensor]:
+    if not loss.output.requires_grad:
         raise DisconnectedGradientError(
             f"the loss does not depend on the inputs at all: {model_name(model)}'s output carries no gradient "
             "(computed under torch.no_grad, detached, or not from the input). This is a disconnected graph, "
             "not vanishing"
         )
-    grads = torch.autograd.grad(loss, measured, allow_unused=True)
+    grads = torch.autograd.grad(loss.output, measured, loss.direction, allow_unused=True)
     return [torch.zeros_like(m) if g is None else g for m, g in zip(measured, grads, strict=False)]
 
 
 def _check_connected(profile: GradientProfile, model: Any) -> None:
     norms = profile.norms
-    if np.all(norms == 0.0):
+    if norms[-1] == 0.0 and not np.any(norms):
         error = DisconnectedGradientError(
             f"the gradient of the loss is exactly zero at every one of the {profile.seq_len} timesteps: "
             f"{model_name(model)}'s output at the last step does not depend on its input (a detached path, "

@@ -94,7 +94,7 @@ def batched(model: Any, options: ProbeOptions, measure: Measure, draw: Draw) -> 
         def loss(output: Any) -> torch.Tensor:
             y, y_axis = _by_rows(_first_tensor(output), options, rows * len(generators))
             return sum(  # type: ignore[return-value]
-                loss_of(y.narrow(y_axis, i * rows, rows), options, generator, rows)
+                loss_of(y.narrow(y_axis, i * rows, rows), options, generator, rows).scalar()
                 for i, generator in enumerate(generators)
             )
 

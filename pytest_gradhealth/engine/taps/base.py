@@ -44,7 +44,7 @@ def per_step(grads: list[torch.Tensor], layout: str) -> torch.Tensor:
     """One gradient over the whole sequence, or one per timestep, as a (batch, seq, features) tensor."""
     if len(grads) == 1:
         g = to_batch_time(grads[0].detach(), layout)
-        return g.reshape(g.shape[0], g.shape[1], -1)
+        return g if g.dim() == 3 else g.reshape(g.shape[0], g.shape[1], -1)
     return torch.stack([g.detach().reshape(g.shape[0], -1) for g in grads], 1)
 
 
@@ -77,7 +77,7 @@ def sample_norms(g: torch.Tensor) -> np.ndarray:
         scale = torch.where(largest > 0, largest, torch.ones_like(largest))
         scaled = largest * torch.linalg.vector_norm(g / scale[..., None], dim=-1)
         norms = torch.where(norms < _SQUARES_UNDERFLOW, scaled, norms)
-    return norms.cpu().numpy()
+    return (norms if norms.device.type == "cpu" else norms.cpu()).numpy()
 
 
 def sequence_result(grads: list[torch.Tensor], window: Window) -> TapResult:
