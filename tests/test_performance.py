@@ -11,6 +11,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from pytest_gradhealth import probe
 from pytest_gradhealth.engine import forward, memory
@@ -347,3 +348,24 @@ def test_the_batch_rms_keeps_nan_zero_and_inf_and_skips_samples_that_do_not_reac
     valid[1, 4] = False  # sample 1 does not reach step 4: only sample 0 counts there
     rms, samples = batch_rms(norms, valid)
     assert rms[4] == 4.0 and np.isnan(samples[1, 4])
+
+
+def test_a_probe_walks_the_model_once_and_the_next_probe_walks_it_afresh(monkeypatch):
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.RNN(3, 5, batch_first=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.rnn(x)[0]
+
+    model = Model()
+    walks = []
+    named_modules = model.named_modules
+    monkeypatch.setattr(model, "named_modules", lambda *a, **k: walks.append(1) or named_modules(*a, **k))
+    first = probe(model, 6)
+    assert len(walks) == 1  # layout, input size, hidden size, renormalisable, advice: one walk
+    assert "vanilla RNN" in first.advice
+    model.rnn = nn.LSTM(3, 5, batch_first=True)  # changed between probes: the next one sees it
+    second = probe(model, 6)
+    assert len(walks) == 2 and "forget-gate" in second.advice

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from pytest_gradhealth.engine import kinds
 from pytest_gradhealth.engine.inputs import call_user
 from pytest_gradhealth.engine.options import ProbeOptions
 from pytest_gradhealth.engine.sequences import BATCH_FEATURE_TIME, TIME_BATCH_FEATURE, last_steps
@@ -100,7 +101,7 @@ def first_receiver(model: Any, x: torch.Tensor, wanted: Callable[[nn.Module], bo
         if not received and isinstance(first, torch.Tensor) and first.untyped_storage().data_ptr() == storage:
             received.append(module)
 
-    modules = [m for m in model.modules() if wanted(m)] if isinstance(model, nn.Module) else []
+    modules = [m for m in kinds.modules_of(model) if wanted(m)] if isinstance(model, nn.Module) else []
     handles = [m.register_forward_pre_hook(hook) for m in modules]
     try:
         yield received

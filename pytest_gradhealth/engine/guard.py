@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pytest_gradhealth.engine import kinds
 from pytest_gradhealth.errors import ModelInterfaceError
 
 
@@ -25,7 +26,7 @@ def guarded(model: Any, mode: str, device: torch.device, seed: int) -> Iterator[
     if device.type == "cuda":
         torch.cuda.init()
     cuda_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    modules = list(model.modules()) if isinstance(model, nn.Module) else []
+    modules = kinds.modules_of(model) if isinstance(model, nn.Module) else []
     flags = [m.training for m in modules]
     names = [set(m._buffers) for m in modules]
     # Each buffer object and its values: forward may update a buffer in place or assign a new tensor to its name.
@@ -83,7 +84,7 @@ def _put_back(tensor: torch.Tensor, saved: torch.Tensor) -> None:
 def dtype_and_device(model: Any) -> tuple[torch.dtype, torch.device]:
     """The dtype and device of the model's first floating parameter or buffer (the defaults for a plain callable)."""
     if isinstance(model, nn.Module):
-        modules = list(model.modules())
+        modules = kinds.modules_of(model)
         for table in itertools.chain((m._parameters for m in modules), (m._buffers for m in modules)):
             for tensor in table.values():
                 if tensor is not None and tensor.is_floating_point():

@@ -9,7 +9,9 @@ class name. To teach the engine a new kind, add one `ModuleKind` to `KINDS` (doc
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,16 +118,47 @@ def kind_of(module: nn.Module) -> ModuleKind | None:
     return next((kind for kind in KINDS if kind.matches(module)), None)
 
 
+# Within `walked_once`, by id(model): the model and (path, module, kind) of each of its modules.
+_WALKS: contextvars.ContextVar[dict[int, tuple[nn.Module, list[tuple[str, nn.Module, ModuleKind | None]]]] | None] = (
+    contextvars.ContextVar("walks", default=None)
+)
+
+
+@contextlib.contextmanager
+def walked_once() -> Iterator[None]:
+    """Within it, each model's modules are walked once: a probe asks many questions of the model's structure (its
+    layout, input module, hidden size, advice, whether it can be renormalised), and a walk costs each of them."""
+    if _WALKS.get() is not None:  # an outer probe's walks hold
+        yield
+        return
+    token = _WALKS.set({})
+    try:
+        yield
+    finally:
+        _WALKS.reset(token)
+
+
+def _walk(model: nn.Module) -> list[tuple[str, nn.Module, ModuleKind | None]]:
+    """(path, module, kind) of every module of `model` (itself included), in order; kind None where none is known."""
+    walks = _WALKS.get()
+    if walks is not None and (seen := walks.get(id(model))) is not None and seen[0] is model:
+        return seen[1]
+    found = [(path, module, kind_of(module)) for path, module in model.named_modules()]
+    if walks is not None:
+        walks[id(model)] = (model, found)
+    return found
+
+
+def modules_of(model: nn.Module) -> list[nn.Module]:
+    """`model.modules()`, from the walk."""
+    return [module for _, module, _ in _walk(model)]
+
+
 def contained(model: Any, *roles: str) -> list[tuple[str, nn.Module, ModuleKind]]:
     """(path, module, kind) of each submodule of `model` (itself included) whose kind has one of `roles`, in order."""
     if not isinstance(model, nn.Module):
         return []
-    found = []
-    for path, module in model.named_modules():
-        kind = kind_of(module)
-        if kind is not None and kind.role in roles:
-            found.append((path, module, kind))
-    return found
+    return [(path, module, kind) for path, module, kind in _walk(model) if kind is not None and kind.role in roles]
 
 
 def first_input_module(model: Any) -> tuple[nn.Module, ModuleKind] | None:
@@ -141,7 +174,7 @@ def layout_of(model: Any) -> str:
 
     PyTorch's own default is time-major, and a probe in the other layout would measure another sequence."""
     if isinstance(model, nn.Module):
-        for module in model.modules():
+        for module in modules_of(model):
             declared = getattr(module, "batch_first", None)
             if isinstance(declared, bool):
                 return BATCH_TIME_FEATURE if declared else TIME_BATCH_FEATURE

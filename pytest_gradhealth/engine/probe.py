@@ -110,7 +110,8 @@ def probe(
     """
     # Every keyword above is a ProbeOptions field of the same name; with no layout given, the model's own is used.
     given = {name: value for name, value in locals().items() if name not in ("model", "seq_len")}
-    return run_probe(model, make_options(model, seq_len, given))
+    with kinds.walked_once():
+        return run_probe(model, make_options(model, seq_len, given))
 
 
 def run_probe(
@@ -195,6 +196,11 @@ def _input_size(model: Any, first: tuple[nn.Module, kinds.ModuleKind] | None) ->
 
 def measure_profile(model: nn.Module | Callable[..., Any], options: ProbeOptions) -> GradientProfile:
     """`probe` without the recording: validated options in, profile out."""
+    with kinds.walked_once():
+        return _measure_profile(model, options)
+
+
+def _measure_profile(model: nn.Module | Callable[..., Any], options: ProbeOptions) -> GradientProfile:
     facts = model_facts(model, options)
     memory.check_fits(model, options, facts)  # a long probe that would not fit is refused before it runs
     try:

@@ -74,7 +74,7 @@ def possible(model: Any, options: ProbeOptions) -> bool:
         bool(sequence)
         and not others
         and all(not m.bidirectional for _, m, _ in sequence)
-        and not any(isinstance(m, _MIXES_TIME) for m in model.modules())
+        and not any(isinstance(m, _MIXES_TIME) for m in kinds.modules_of(model))
     )
 
 
