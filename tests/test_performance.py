@@ -369,3 +369,31 @@ def test_a_probe_walks_the_model_once_and_the_next_probe_walks_it_afresh(monkeyp
     model.rnn = nn.LSTM(3, 5, batch_first=True)  # changed between probes: the next one sees it
     second = probe(model, 6)
     assert len(walks) == 2 and "forget-gate" in second.advice
+
+
+def test_the_cell_gradient_read_through_h_over_o_is_the_one_of_the_recomputed_cell_states(monkeypatch):
+    # tanh(c_t) = h_t / o_t from the layer's output, or c_t recomputed by a forward scan over the gates: the same
+    # dL/dc_t in float64; in float32, where saturated cells (tanh(c) near +-1) cost both about 1e-4, as close to
+    # float64's.
+    torch.manual_seed(0)
+    model = nn.LSTM(3, 5, num_layers=2, batch_first=True)
+    with torch.no_grad():
+        model.weight_hh_l1.mul_(4.0)
+    exact = probe(model, 40, measure="cell", dtype=torch.float64).sample_norms
+    quotient = [probe(model, 40, measure="cell", dtype=dtype).sample_norms for dtype in (torch.float64, torch.float32)]
+    monkeypatch.setattr(scans, "tanh_of_cell", lambda h, o, module: None)
+    recomputed = [
+        probe(model, 40, measure="cell", dtype=dtype).sample_norms for dtype in (torch.float64, torch.float32)
+    ]
+    assert not np.array_equal(quotient[0], recomputed[0])  # two computations, not one path taken twice
+    np.testing.assert_allclose(quotient[0], recomputed[0], rtol=1e-12)
+    np.testing.assert_allclose(recomputed[0], exact, rtol=1e-12)
+    error, baseline = np.abs(quotient[1] / exact - 1).max(), np.abs(recomputed[1] / exact - 1).max()
+    assert 1e-6 < baseline < 1e-3 and error < 1.2 * baseline
+
+
+def test_the_cell_states_are_recomputed_where_h_is_a_projection_or_o_is_not_normal():
+    o = torch.tensor([[0.5, 1e-3]])
+    assert scans.tanh_of_cell(torch.tensor([[0.25, -2e-3]]), o, nn.LSTM(2, 2)).tolist() == [[0.5, -1.0]]  # clamped
+    assert scans.tanh_of_cell(o, o, nn.LSTM(2, 3, proj_size=2)) is None
+    assert scans.tanh_of_cell(o, torch.tensor([[0.5, 1e-39]]), nn.LSTM(2, 2)) is None

@@ -274,7 +274,14 @@ class FusedStatesTap:
                 if self.request.measure == "cell":
                     cell = self.initial_cell if j == 0 else self.states[self.cuts[j - 1]][1].detach()
                     hidden = scans.lstm_cell(
-                        hidden, at_cell[j], self.inputs[steps], h_prev[steps], cell, self.module, suffix
+                        hidden,
+                        at_cell[j],
+                        self.inputs[steps],
+                        h_prev[steps],
+                        self.outputs[steps],
+                        cell,
+                        self.module,
+                        suffix,
                     )
                 pieces.append(hidden)
             start = end + 1

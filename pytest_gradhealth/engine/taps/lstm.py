@@ -33,17 +33,17 @@ def through_hidden(
     """
     hidden = c.shape[-1]
     o = torch.sigmoid(pre_activations(x, h_prev, module, suffix, slice(3 * hidden, 4 * hidden)))
-    return through_output_gate(g_h, o, c, module, suffix)
+    return through_output_gate(g_h, o, tanh(c), module, suffix)
 
 
 def through_output_gate(
-    g_h: torch.Tensor, o: torch.Tensor, c: torch.Tensor, module: nn.Module, suffix: str
+    g_h: torch.Tensor, o: torch.Tensor, tanh_c: torch.Tensor, module: nn.Module, suffix: str
 ) -> torch.Tensor:
-    """`through_hidden` with the output gate o_t given."""
+    """`through_hidden` with the output gate o_t and tanh(c_t) given."""
     weight_hr = getattr(module, "weight_hr" + suffix, None)
     if weight_hr is not None:
         g_h = g_h @ weight_hr
-    return g_h * o * (1 - tanh(c) ** 2)
+    return g_h * o * (1 - tanh_c**2)
 
 
 def tanh(x: torch.Tensor) -> torch.Tensor:

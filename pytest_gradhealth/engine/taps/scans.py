@@ -82,26 +82,40 @@ def gru_hidden(
     return linear_scan(_next_step(z), at_output + _next_step(through_gates), reverse=True)
 
 
+def tanh_of_cell(h: torch.Tensor, o: torch.Tensor, module: nn.Module) -> torch.Tensor | None:
+    """tanh(c_t) as h_t / o_t (h_t = o_t * tanh(c_t)), or None where h_t is a projection of it or some o_t is not a
+    normal number (where the quotient would lose precision)."""
+    if getattr(module, "proj_size", 0) or float(o.min()) < torch.finfo(o.dtype).tiny:
+        return None
+    return (h / o).clamp_(-1.0, 1.0)
+
+
 def lstm_cell(
     at_hidden: torch.Tensor,
     at_final: torch.Tensor,
     x: torch.Tensor,
     h_prev: torch.Tensor,
+    h: torch.Tensor,
     c_initial: torch.Tensor,
     module: nn.Module,
     suffix: str,
 ) -> torch.Tensor:
     """An LSTM layer's dL/dc_t at every step, from its total dL/dh_t and the gradient at its final cell state c_n.
 
-    c_t = f_t * c_{t-1} + i_t * g_t (recomputed, a forward scan), and dL/dc_t = dL/dh_t * o_t * (1 - tanh^2 c_t)
-    (`lstm.through_hidden`) + f_{t+1} * dL/dc_{t+1}, plus c_n's own gradient at the last step (a backward scan).
+    dL/dc_t = dL/dh_t * o_t * (1 - tanh^2 c_t) (`lstm.through_hidden`) + f_{t+1} * dL/dc_{t+1}, plus c_n's own
+    gradient at the last step (a backward scan), with the gates recomputed. tanh(c_t) is h_t / o_t, read from the
+    layer's output h_t = o_t * tanh(c_t) (to within a few units in the last place of o_t, which the two computations
+    of the gate differ by); where h_t is a projection of it, or o_t is not a normal number, c_t is recomputed instead:
+    c_t = f_t * c_{t-1} + i_t * g_t, a forward scan.
     """
     hidden = c_initial.shape[-1]
     pre = lstm.pre_activations(x, h_prev, module, suffix, slice(0, 4 * hidden))
-    i, f = torch.sigmoid(pre[..., : 2 * hidden]).chunk(2, dim=-1)
-    written = i * lstm.tanh(pre[..., 2 * hidden : 3 * hidden])
-    written[0] += f[0] * c_initial
-    c = linear_scan(f, written)
-    own = lstm.through_output_gate(at_hidden, torch.sigmoid(pre[..., 3 * hidden :]), c, module, suffix)
+    f, o = torch.sigmoid(pre[..., hidden : 2 * hidden]), torch.sigmoid(pre[..., 3 * hidden :])
+    tanh_c = tanh_of_cell(h, o, module)
+    if tanh_c is None:
+        written = torch.sigmoid(pre[..., :hidden]) * lstm.tanh(pre[..., 2 * hidden : 3 * hidden])
+        written[0] += f[0] * c_initial
+        tanh_c = lstm.tanh(linear_scan(f, written))
+    own = lstm.through_output_gate(at_hidden, o, tanh_c, module, suffix)
     own[-1] += at_final
     return linear_scan(_next_step(f), own, reverse=True)
