@@ -381,7 +381,7 @@ def test_the_cell_gradient_read_through_h_over_o_is_the_one_of_the_recomputed_ce
         model.weight_hh_l1.mul_(4.0)
     exact = probe(model, 40, measure="cell", dtype=torch.float64).sample_norms
     quotient = [probe(model, 40, measure="cell", dtype=dtype).sample_norms for dtype in (torch.float64, torch.float32)]
-    monkeypatch.setattr(scans, "tanh_of_cell", lambda h, o, module: None)
+    monkeypatch.setattr(scans, "cell_slope", lambda h, o, module: None)
     recomputed = [
         probe(model, 40, measure="cell", dtype=dtype).sample_norms for dtype in (torch.float64, torch.float32)
     ]
@@ -393,7 +393,8 @@ def test_the_cell_gradient_read_through_h_over_o_is_the_one_of_the_recomputed_ce
 
 
 def test_the_cell_states_are_recomputed_where_h_is_a_projection_or_o_is_not_normal():
-    o = torch.tensor([[0.5, 1e-3]])
-    assert scans.tanh_of_cell(torch.tensor([[0.25, -2e-3]]), o, nn.LSTM(2, 2)).tolist() == [[0.5, -1.0]]  # clamped
-    assert scans.tanh_of_cell(o, o, nn.LSTM(2, 3, proj_size=2)) is None
-    assert scans.tanh_of_cell(o, torch.tensor([[0.5, 1e-39]]), nn.LSTM(2, 2)) is None
+    o = torch.tensor([[0.5, 1e-3]], dtype=torch.float64)
+    h = torch.tensor([[0.25, -2e-3]], dtype=torch.float64)  # tanh(c) 0.5, and -2: beyond +-1 by rounding
+    assert scans.cell_slope(h, o, nn.LSTM(2, 2)).tolist() == [[0.5 * (1 - 0.5**2), 0.0]]  # at least 0
+    assert scans.cell_slope(o, o, nn.LSTM(2, 3, proj_size=2)) is None
+    assert scans.cell_slope(o, torch.tensor([[0.5, 1e-39]]), nn.LSTM(2, 2)) is None

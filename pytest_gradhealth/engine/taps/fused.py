@@ -285,7 +285,7 @@ class FusedStatesTap:
                     )
                 pieces.append(hidden)
             start = end + 1
-        return torch.cat(pieces)
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
 
 def _own_steps(states: dict[int, tuple[torch.Tensor, ...]], steps: list[int]) -> tuple[torch.Tensor, ...]:

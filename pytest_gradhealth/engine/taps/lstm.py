@@ -7,8 +7,11 @@ import torch
 from torch import nn
 
 
-def pre_activations(x: torch.Tensor, h_prev: torch.Tensor, module: nn.Module, suffix: str, rows: slice) -> torch.Tensor:
-    """The gate pre-activations `rows` of every step: W_ih x_t + W_hh h_{t-1} (+ both biases), in two GEMMs.
+def pre_activations(
+    x: torch.Tensor, h_prev: torch.Tensor, module: nn.Module, suffix: str, rows: slice | torch.Tensor
+) -> torch.Tensor:
+    """The gate pre-activations `rows` (a slice or indices) of every step: W_ih x_t + W_hh h_{t-1} (+ both biases), in
+    two GEMMs.
 
     `x` (..., input), `h_prev` (..., hidden) with the same leading axes; the weights are `weight_ih{suffix}`, ...
     """

@@ -82,12 +82,12 @@ def gru_hidden(
     return linear_scan(_next_step(z), at_output + _next_step(through_gates), reverse=True)
 
 
-def tanh_of_cell(h: torch.Tensor, o: torch.Tensor, module: nn.Module) -> torch.Tensor | None:
-    """tanh(c_t) as h_t / o_t (h_t = o_t * tanh(c_t)), or None where h_t is a projection of it or some o_t is not a
-    normal number (where the quotient would lose precision)."""
+def cell_slope(h: torch.Tensor, o: torch.Tensor, module: nn.Module) -> torch.Tensor | None:
+    """dh_t/dc_t = o_t * (1 - tanh^2 c_t) as o_t - h_t^2 / o_t (h_t = o_t * tanh(c_t); at least 0), or None where h_t
+    is a projection of it or some o_t is not a normal number (where the quotient would lose precision)."""
     if getattr(module, "proj_size", 0) or float(o.min()) < torch.finfo(o.dtype).tiny:
         return None
-    return (h / o).clamp_(-1.0, 1.0)
+    return torch.addcmul(o, h, h / o, value=-1.0).clamp_min_(0.0)
 
 
 def lstm_cell(
@@ -103,19 +103,21 @@ def lstm_cell(
     """An LSTM layer's dL/dc_t at every step, from its total dL/dh_t and the gradient at its final cell state c_n.
 
     dL/dc_t = dL/dh_t * o_t * (1 - tanh^2 c_t) (`lstm.through_hidden`) + f_{t+1} * dL/dc_{t+1}, plus c_n's own
-    gradient at the last step (a backward scan), with the gates recomputed. tanh(c_t) is h_t / o_t, read from the
-    layer's output h_t = o_t * tanh(c_t) (to within a few units in the last place of o_t, which the two computations
+    gradient at the last step (a backward scan), with the gates recomputed. tanh(c_t) is read from the layer's output
+    h_t = o_t * tanh(c_t) (`cell_slope`; to within a few units in the last place of o_t, which the two computations
     of the gate differ by); where h_t is a projection of it, or o_t is not a normal number, c_t is recomputed instead:
     c_t = f_t * c_{t-1} + i_t * g_t, a forward scan.
     """
     hidden = c_initial.shape[-1]
-    pre = lstm.pre_activations(x, h_prev, module, suffix, slice(0, 4 * hidden))
-    f, o = torch.sigmoid(pre[..., hidden : 2 * hidden]), torch.sigmoid(pre[..., 3 * hidden :])
-    tanh_c = tanh_of_cell(h, o, module)
-    if tanh_c is None:
-        written = torch.sigmoid(pre[..., :hidden]) * lstm.tanh(pre[..., 2 * hidden : 3 * hidden])
+    gates = torch.arange(4 * hidden, device=x.device).reshape(4, hidden)  # i, f, g, o
+    f, o = torch.sigmoid(lstm.pre_activations(x, h_prev, module, suffix, gates[1::2].flatten())).chunk(2, dim=-1)
+    slope = cell_slope(h, o, module)
+    if slope is None:
+        pre = lstm.pre_activations(x, h_prev, module, suffix, gates[0::2].flatten())
+        written = torch.sigmoid(pre[..., :hidden]) * lstm.tanh(pre[..., hidden:])
         written[0] += f[0] * c_initial
-        tanh_c = lstm.tanh(linear_scan(f, written))
-    own = lstm.through_output_gate(at_hidden, o, tanh_c, module, suffix)
+        own = lstm.through_output_gate(at_hidden, o, lstm.tanh(linear_scan(f, written)), module, suffix)
+    else:
+        own = at_hidden * slope
     own[-1] += at_final
     return linear_scan(_next_step(f), own, reverse=True)
