@@ -6,7 +6,7 @@ import contextlib
 import inspect
 import re
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -178,15 +178,15 @@ class Loss:
     output: torch.Tensor
     direction: torch.Tensor | None = None
 
-    def scalar(self) -> torch.Tensor:
-        """The loss as a scalar tensor."""
-        return self.output if self.direction is None else (self.output * self.direction).sum()
 
-
-def loss_of(output: Any, options: ProbeOptions, generator: torch.Generator, batch: int) -> Loss:
-    """`loss_fn(output)`, or the default: sum over the batch of <v, y_T>, v a unit vector drawn from `generator`."""
+def loss_of(output: Any, options: ProbeOptions, generators: Sequence[torch.Generator], batch: int) -> Loss:
+    """`loss_fn(output)`, or the default: sum over the batch of <v, y_T>, v a unit vector drawn from the generator;
+    with several generators (the seeds of one batched pass), the batch's rows in as many equal blocks, each block's v
+    drawn from its own. A `Loss` that `loss_fn` returns (the batched seeds') is taken as it is."""
     if options.loss_fn is not None:
         loss = call_user(options.loss_fn, "loss_fn", output)
+        if isinstance(loss, Loss):
+            return loss
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.is_floating_point():
             shown = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
             raise InvalidArgumentError(f"loss_fn must return a floating scalar tensor, got {shown}")
@@ -222,6 +222,11 @@ def loss_of(output: Any, options: ProbeOptions, generator: torch.Generator, batc
             f"the model's output has {y.shape[0]} rows at its last step but the batch has {batch}: the output's "
             f"layout does not match the input's {options.layout_name}; pass {_other_layout(options, y.shape[0])}"
         )
-    v = torch.randn(y.shape[1], generator=generator, dtype=torch.float64)
-    v = (v / torch.linalg.vector_norm(v)).to(dtype=y.dtype, device=y.device)  # Tensor.norm's Python costs 20 us
-    return Loss(y, v.expand(y.shape))
+    vs = []
+    for generator in generators:
+        v = torch.randn(y.shape[1], generator=generator, dtype=torch.float64)
+        vs.append((v / torch.linalg.vector_norm(v)).to(dtype=y.dtype, device=y.device))  # not Tensor.norm: 20 us
+    if len(vs) == 1:
+        return Loss(y, vs[0].expand(y.shape))
+    rows = batch // len(vs)
+    return Loss(y, torch.stack(vs)[:, None].expand(len(vs), rows, y.shape[1]).reshape(y.shape))

@@ -312,7 +312,7 @@ def _pass(
                 raise
             if renormaliser is not None:
                 renormaliser.check_ran(x)
-            loss = loss_of(output, options, generator, batch)
+            loss = loss_of(output, options, [generator], batch)
             grads = _gradients(loss, tap.measured(), model)
         result = tap.result(grads)
     norms, sample_norms = batch_rms(result.norms, result.valid)
@@ -361,9 +361,11 @@ def _draw(model: Any, options: ProbeOptions, facts: ModelFacts) -> tuple[torch.T
 
 
 def draw_inputs(model: Any, options: ProbeOptions) -> tuple[torch.Tensor, torch.Generator]:
-    """The inputs a pass of `model` with `options` draws, and its generator after them, as the pass draws them (under
-    the guard: an input_fn that reads the global RNG gets it seeded, and leaves it as it was)."""
+    """The inputs a pass of `model` with `options` draws, and its generator after them, as the pass draws them (an
+    input_fn under the guard: one that reads the global RNG gets it seeded, and leaves it as it was)."""
     facts = model_facts(model, options)
+    if options.input_fn is None:  # drawn from the probe's own generator: nothing global to guard
+        return _draw(model, options, facts)
     with guard.guarded(model, options.mode, facts.device, options.seed):
         return _draw(model, options, facts)
 

@@ -19,10 +19,10 @@ import torch
 from torch import nn
 
 from pytest_gradhealth.engine.factories import build, is_factory
-from pytest_gradhealth.engine.forward import _first_tensor, loss_of
+from pytest_gradhealth.engine.forward import Loss, loss_of
 from pytest_gradhealth.engine.options import ProbeOptions
-from pytest_gradhealth.engine.sequences import BATCH_FEATURE_TIME, TIME_BATCH_FEATURE, batch_rms
-from pytest_gradhealth.errors import GradHealthError, ModelInterfaceError
+from pytest_gradhealth.engine.sequences import batch_rms
+from pytest_gradhealth.errors import GradHealthError
 from pytest_gradhealth.profile import GradientProfile, log10_rms
 
 Measure = Callable[[Any, ProbeOptions], GradientProfile]
@@ -91,12 +91,8 @@ def batched(model: Any, options: ProbeOptions, measure: Measure, draw: Draw) -> 
         rows = drawn[0][0].shape[axis]
         generators = [generator for _, generator in drawn]
 
-        def loss(output: Any) -> torch.Tensor:
-            y, y_axis = _by_rows(_first_tensor(output), options, rows * len(generators))
-            return sum(  # type: ignore[return-value]
-                loss_of(y.narrow(y_axis, i * rows, rows), options, generator, rows).scalar()
-                for i, generator in enumerate(generators)
-            )
+        def loss(output: Any) -> Loss:  # each seed's v on its rows (an error where the rows are not the batch's)
+            return loss_of(output, options, generators, rows * len(generators))
 
         x = torch.cat([x for x, _ in drawn], dim=axis)
         one = replace(options, seeds=None, inputs=x, input_fn=None, batch_size=None, loss_fn=loss)
@@ -115,20 +111,6 @@ def batched(model: Any, options: ProbeOptions, measure: Measure, draw: Draw) -> 
         norms, _ = batch_rms(own, np.ones_like(own, dtype=bool))
         profiles.append(replace(pooled, norms=norms, sample_norms=own, batch_size=rows, seed=seed, contributions=None))
     return profiles
-
-
-def _by_rows(y: Any, options: ProbeOptions, total: int) -> tuple[torch.Tensor, int]:
-    """The output with its `total` rows on one axis, and that axis: (batch, features), the model's layout, or
-    logits flattened to (time * batch, vocab) unflattened; otherwise an error (the one-seed passes say why)."""
-    if not isinstance(y, torch.Tensor) or y.dim() < 2:
-        raise ModelInterfaceError("the output is not a tensor with a batch axis")
-    if y.dim() == 2 and y.shape[0] == options.run_len * total and options.layout != BATCH_FEATURE_TIME:
-        time_first = options.layout == TIME_BATCH_FEATURE
-        y = y.reshape(*((options.run_len, total) if time_first else (total, options.run_len)), -1)
-    axis = 0 if y.dim() == 2 else options.window.batch_axis
-    if y.shape[axis] != total:
-        raise ModelInterfaceError("the output's rows are not the batch's")
-    return y, axis
 
 
 def _union(steps: list[np.ndarray | None]) -> np.ndarray | None:
