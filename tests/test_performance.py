@@ -398,3 +398,15 @@ def test_the_cell_states_are_recomputed_where_h_is_a_projection_or_o_is_not_norm
     assert scans.cell_slope(h, o, nn.LSTM(2, 2)).tolist() == [[0.5 * (1 - 0.5**2), 0.0]]  # at least 0
     assert scans.cell_slope(o, o, nn.LSTM(2, 3, proj_size=2)) is None
     assert scans.cell_slope(o, torch.tensor([[0.5, 1e-39]]), nn.LSTM(2, 2)) is None
+
+
+def test_a_callable_objects_signature_is_read_once_per_class():
+    class Step:
+        def __call__(self, x, state, scale=1.0):
+            return x
+
+    first, second = Step(), Step()
+    assert forward._required_after_input(first) == 1
+    assert Step.__call__ in forward._REQUIRED[True]  # the class's __call__, shared by every instance
+    assert forward._required_after_input(second) == 1
+    assert forward._required_after_input(lambda x, h, c: x) == 2

@@ -128,8 +128,9 @@ def _state_arguments(model: Any, batch: int) -> list[Any]:
     return [state] + [None] * (required - 1)
 
 
-# By function, bound methods by their __func__ (whose own signature also has self): reading a signature takes longer
-# than a small probe's loss.
+# By function, bound methods by their __func__ and callable objects (a state tap standing in for a module's forward)
+# by their class's __call__ (whose own signatures also have self): reading a signature takes longer than a small
+# probe's loss.
 _REQUIRED: dict[bool, weakref.WeakKeyDictionary[Any, int]] = {
     True: weakref.WeakKeyDictionary(),
     False: weakref.WeakKeyDictionary(),
@@ -138,8 +139,12 @@ _REQUIRED: dict[bool, weakref.WeakKeyDictionary[Any, int]] = {
 
 def _required_after_input(forward: Any) -> int:
     """How many positional arguments without a default `forward` requires after the input (0 when unreadable)."""
-    bound = hasattr(forward, "__func__")
-    key, known = getattr(forward, "__func__", forward), _REQUIRED[bound]
+    key = getattr(forward, "__func__", None)
+    call = vars(type(forward)).get("__call__")
+    if key is None and not inspect.isfunction(forward) and inspect.isfunction(call):
+        key = call
+    bound = key is not None
+    key, known = key or forward, _REQUIRED[bound]
     with contextlib.suppress(TypeError):  # not weakly referable: read it every time
         if key in known:
             return known[key]
