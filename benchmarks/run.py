@@ -459,6 +459,17 @@ def seeds_rows(sizes: Sizes) -> Iterator[Row]:
         ratio,
         3.5,
     )
+    # The limit of one batched pass: the fused forward + grad of the eight seeds' batches side by side.
+    pooled = torch.randn(8 * sizes.batch, seq_len, sizes.input_size, generator=torch.Generator().manual_seed(0))
+    ratio, base = paired(partial(forward_grad, model, pooled), one, sizes)
+    yield ratio_row(
+        8,
+        "bare fwd + grad of the eight batches side by side (the limit), nn.LSTM",
+        size_label(hidden, seq_len),
+        f"one probe, {ms(base)}",
+        ratio,
+        None,
+    )
     loop = lambda: [probe(model, seq_len, batch_size=sizes.batch, seed=seed) for seed in range(8)]  # noqa: E731
     ratio, base = paired(loop, one, sizes)
     yield ratio_row(

@@ -352,22 +352,28 @@ def _pass(
     ), out_of_range
 
 
-def _draw(model: Any, options: ProbeOptions, facts: ModelFacts) -> tuple[torch.Tensor, torch.Generator]:
-    """The pass's inputs, and its generator, whose next draw is the default loss's v."""
-    generator = torch.Generator(device="cpu").manual_seed(options.seed)
+def _draw(
+    model: Any, options: ProbeOptions, facts: ModelFacts, seed: int | None = None
+) -> tuple[torch.Tensor, torch.Generator]:
+    """The pass's inputs, and its generator, whose next draw is the default loss's v (`seed` None: the options')."""
+    generator = torch.Generator(device="cpu").manual_seed(options.seed if seed is None else seed)
     sampled = facts.model_dtype if isinstance(model, nn.Module) else facts.dtype  # a plain callable has none
     x = make_inputs(options, generator, facts.vocab_size, facts.input_size, facts.dtype, facts.device, sampled)
     return x, generator
 
 
-def draw_inputs(model: Any, options: ProbeOptions) -> tuple[torch.Tensor, torch.Generator]:
-    """The inputs a pass of `model` with `options` draws, and its generator after them, as the pass draws them (an
-    input_fn under the guard: one that reads the global RNG gets it seeded, and leaves it as it was)."""
+def draw_inputs(model: Any, options: ProbeOptions, seeds: Sequence[int]) -> list[tuple[torch.Tensor, torch.Generator]]:
+    """The inputs a pass of `model` with `options` draws under each of `seeds`, and its generator after them, as the
+    pass draws them (an input_fn under the guard: one that reads the global RNG gets it seeded, and leaves it as it
+    was)."""
     facts = model_facts(model, options)
     if options.input_fn is None:  # drawn from the probe's own generator: nothing global to guard
-        return _draw(model, options, facts)
-    with guard.guarded(model, options.mode, facts.device, options.seed):
-        return _draw(model, options, facts)
+        return [_draw(model, options, facts, seed) for seed in seeds]
+    drawn = []
+    for seed in seeds:
+        with guard.guarded(model, options.mode, facts.device, seed):
+            drawn.append(_draw(model, options, facts, seed))
+    return drawn
 
 
 # A step next to exact zeros whose norm is below this many times the dtype's smallest normal number is taken to be on

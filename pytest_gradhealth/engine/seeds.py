@@ -10,7 +10,7 @@ every other case, and any batched pass that fails or leaves the dtype's range, r
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -26,7 +26,7 @@ from pytest_gradhealth.errors import GradHealthError
 from pytest_gradhealth.profile import GradientProfile, log10_rms
 
 Measure = Callable[[Any, ProbeOptions], GradientProfile]
-Draw = Callable[[Any, ProbeOptions], tuple[torch.Tensor, torch.Generator]]
+Draw = Callable[[Any, ProbeOptions, Sequence[int]], list[tuple[torch.Tensor, torch.Generator]]]
 
 
 def measure_seeds(model: Any, options: ProbeOptions, measure: Measure, draw: Draw) -> GradientProfile:
@@ -87,7 +87,7 @@ def batched(model: Any, options: ProbeOptions, measure: Measure, draw: Draw) -> 
     seeds = range(options.seed, options.seed + options.seeds)  # type: ignore[operator]
     axis = options.window.batch_axis
     try:
-        drawn = [draw(model, replace(options, seed=seed, seeds=None)) for seed in seeds]
+        drawn = draw(model, options, seeds)
         rows = drawn[0][0].shape[axis]
         generators = [generator for _, generator in drawn]
 
