@@ -335,16 +335,18 @@ def test_the_batch_rms_is_exact_where_squares_would_leave_float64(scale):
     rng = np.random.default_rng(0)
     norms = rng.uniform(0.1, 3.0, size=(5, 7)) * scale
     norms[1, 2] *= 1e-30  # one sample far below the others at one step
-    rms, samples = batch_rms(norms, np.ones(norms.shape, dtype=bool))
-    np.testing.assert_allclose(rms, careful_rms(norms), rtol=1e-14, atol=0)
-    assert np.array_equal(samples, norms)
+    for valid in (np.ones(norms.shape, dtype=bool), None):  # None: every sample reaches every step
+        rms, samples = batch_rms(norms, valid)
+        np.testing.assert_allclose(rms, careful_rms(norms), rtol=1e-14, atol=0)
+        assert np.array_equal(samples, norms)
 
 
 def test_the_batch_rms_keeps_nan_zero_and_inf_and_skips_samples_that_do_not_reach_a_step():
     norms = np.array([[1.0, 0.0, np.nan, np.inf, 4.0], [3.0, 0.0, 1.0, 1.0, 100.0]])
     valid = np.ones(norms.shape, dtype=bool)
-    rms, _ = batch_rms(norms, valid)
-    assert rms[0] == pytest.approx(np.sqrt(5.0)) and rms[1] == 0.0 and np.isnan(rms[2]) and rms[3] == np.inf
+    for reached in (valid, None):
+        rms, _ = batch_rms(norms, reached)
+        assert rms[0] == pytest.approx(np.sqrt(5.0)) and rms[1] == 0.0 and np.isnan(rms[2]) and rms[3] == np.inf
     valid[1, 4] = False  # sample 1 does not reach step 4: only sample 0 counts there
     rms, samples = batch_rms(norms, valid)
     assert rms[4] == 4.0 and np.isnan(samples[1, 4])

@@ -322,8 +322,9 @@ def _pass(
     if renormaliser is not None and renormaliser.engaged:  # norms times known powers of two: take them off in log10
         with np.errstate(divide="ignore"):
             logs = np.log10(result.norms) - renormaliser.log10_factors(batch)[:, window.steps]
-        log10_samples = np.where(result.valid, logs, np.nan)
-        sample_norms, norms = 10.0**log10_samples, 10.0 ** log10_rms(log10_samples, result.valid)
+        valid = np.ones(logs.shape, dtype=bool) if result.valid is None else result.valid
+        log10_samples = np.where(valid, logs, np.nan)
+        sample_norms, norms = 10.0**log10_samples, 10.0 ** log10_rms(log10_samples, valid)
     features = tap.embedding_dim if isinstance(tap, EmbeddingTap) else to_batch_time(x, window.layout).shape[-1]
     return GradientProfile(
         norms=norms,

@@ -108,7 +108,7 @@ def batched(model: Any, options: ProbeOptions, measure: Measure, draw: Draw) -> 
     profiles = []
     for i, seed in enumerate(seeds):
         own = samples[i * rows : (i + 1) * rows]
-        norms, _ = batch_rms(own, np.ones_like(own, dtype=bool))
+        norms, _ = batch_rms(own, None)
         profiles.append(replace(pooled, norms=norms, sample_norms=own, batch_size=rows, seed=seed, contributions=None))
     return profiles
 

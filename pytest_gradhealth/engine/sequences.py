@@ -75,7 +75,7 @@ class Window:
         """The time axis of `x` in this layout."""
         return x.dim() - 1 if self.layout == BATCH_FEATURE_TIME and x.dim() >= 3 else self.time_axis
 
-    def by_lag(self, norms: np.ndarray, at: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def by_lag(self, norms: np.ndarray, at: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """`by_lag` for this window (`at` None: every step 0 .. seq_len-1, in order)."""
         return by_lag(norms, at, self.steps, self.lengths, self.seq_len)
 
@@ -146,16 +146,16 @@ def last_steps(y: torch.Tensor, lengths: Sequence[int] | None, seq_len: int, lay
 
 def by_lag(
     norms: np.ndarray, at: np.ndarray | None, steps: np.ndarray, lengths: Sequence[int] | None, seq_len: int
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Each sample's gradient norm at the profile's `steps`, counted back from its own last real step.
 
     `norms[b, j]` belongs to absolute timestep `at[j]` of sample b (`at` sorted, holding every step a sample reaches
     by lag: the profile's `steps` when no sample is padded). Profile step t is lag seq_len-1-t, which
-    sample b reaches at its timestep lengths[b]-1-lag; `valid` is False where that is before its first step. `at`
-    None: every timestep 0 .. seq_len-1.
+    sample b reaches at its timestep lengths[b]-1-lag; `valid` is False where that is before its first step (None:
+    nowhere). `at` None: every timestep 0 .. seq_len-1.
     """
     if lengths is None and (seq_len if at is None else len(at)) == len(steps):  # the steps are among `at`, in order
-        return norms, np.ones(norms.shape, dtype=bool)  # the common case: nothing to align, and no time spent
+        return norms, None  # the common case: nothing to align, and no time spent
     if at is None:
         at = np.arange(seq_len)
     full = np.asarray(lengths or (seq_len,) * norms.shape[0])
@@ -174,15 +174,18 @@ def measured_at(steps: np.ndarray, lengths: Sequence[int] | None, seq_len: int) 
     return sorted({int(t) for t in shifted if t >= 0})
 
 
-def batch_rms(norms: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Norms (RMS over the samples that reach each step) and per-sample norms (NaN where a sample does not).
+def batch_rms(norms: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Norms (RMS over the samples that reach each step; `valid` None: every sample reaches every step) and per-sample
+    norms (NaN where a sample does not).
 
     Each step's RMS is taken over its largest norm, so that norms far below 1e-154 do not underflow when squared.
     """
-    if valid.all():  # the common case in a few ops (each costs tens of microseconds after the probe's kernels)
+    if valid is None or valid.all():  # the common case in a few ops (each costs tens of us after the probe's kernels)
         squares = np.einsum("bt,bt->t", norms, norms)
         if 1e-290 <= squares.min() and squares.max() <= 1e290:  # no square lost to underflow or overflow; not NaN
             return np.sqrt(squares / norms.shape[0]), norms
+    if valid is None:
+        valid = np.ones(norms.shape, dtype=bool)
     reached = np.where(valid, norms, 0.0)
     largest = reached.max(axis=0)
     scalable = np.isfinite(largest) & (largest > 0)  # else the RMS is the largest: 0, inf or NaN

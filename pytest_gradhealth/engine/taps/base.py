@@ -14,10 +14,11 @@ from pytest_gradhealth.engine.sequences import Window, to_batch_time
 
 @dataclass
 class TapResult:
-    """Per-sample gradient norms at the profile's steps (by lag), where valid, and weight contributions."""
+    """Per-sample gradient norms at the profile's steps (by lag), where valid (None: everywhere), and weight
+    contributions."""
 
     norms: np.ndarray
-    valid: np.ndarray
+    valid: np.ndarray | None
     contributions: dict[str, np.ndarray] | None = None
     subnormal: np.ndarray | None = None  # per profile step: some gradient entry is subnormal (None: not read)
 
