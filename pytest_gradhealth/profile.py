@@ -64,7 +64,7 @@ def log10_rms(log10_samples: np.ndarray, valid: np.ndarray) -> np.ndarray:
 def _log(log: Callable[[np.ndarray], np.ndarray], values: np.ndarray) -> np.ndarray:
     """`log` of `values`: -inf at zeros, NaN at NaN, without numpy's warnings (and without the cost of silencing them
     where every value is positive)."""
-    if values.min() > 0.0:
+    if values.size and values.min() > 0.0:
         return log(values)
     with np.errstate(divide="ignore", invalid="ignore"):
         return log(values)

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import math
 import re
+import weakref
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from pytest_gradhealth import probe
-from pytest_gradhealth.engine import forward, memory
+from pytest_gradhealth import probe, reference
+from pytest_gradhealth.engine import forward, guard, memory
 from pytest_gradhealth.engine.options import make_options
 from pytest_gradhealth.engine.probe import model_facts
 from pytest_gradhealth.engine.sequences import batch_rms
@@ -41,7 +43,7 @@ def exact_subnormal(g: torch.Tensor) -> list[bool]:
 
 
 def subnormal(g: torch.Tensor) -> list[bool]:
-    return subnormal_steps(g, sample_norms(g)).tolist()
+    return subnormal_steps(g, sample_norms(g))[0].tolist()
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
@@ -394,12 +396,15 @@ def test_the_cell_gradient_read_through_h_over_o_is_the_one_of_the_recomputed_ce
     assert 1e-6 < baseline < 1e-3 and error < 1.2 * baseline
 
 
-def test_the_cell_states_are_recomputed_where_h_is_a_projection_or_o_is_not_normal():
-    o = torch.tensor([[0.5, 1e-3]], dtype=torch.float64)
-    h = torch.tensor([[0.25, -2e-3]], dtype=torch.float64)  # tanh(c) 0.5, and -2: beyond +-1 by rounding
-    assert scans.cell_slope(h, o, nn.LSTM(2, 2)).tolist() == [[0.5 * (1 - 0.5**2), 0.0]]  # at least 0
+def test_the_cell_states_are_recomputed_where_the_quotient_would_lose_precision():
+    lstm = nn.LSTM(2, 2)
+    o = torch.tensor([[0.5, 0.25]], dtype=torch.float64)
+    slope = scans.cell_slope(torch.tensor([[0.25, 0.2]], dtype=torch.float64), o, lstm)  # tanh(c) 0.5 and 0.8
+    torch.testing.assert_close(slope, torch.tensor([[0.375, 0.09]], dtype=torch.float64), rtol=1e-15, atol=0)
+    assert scans.cell_slope(torch.tensor([[0.25, 0.25]], dtype=torch.float64), o, lstm) is None  # tanh(c) = 1
+    assert scans.cell_slope(torch.tensor([[0.25, -0.26]], dtype=torch.float64), o, lstm) is None  # beyond 1
     assert scans.cell_slope(o, o, nn.LSTM(2, 3, proj_size=2)) is None
-    assert scans.cell_slope(o, torch.tensor([[0.5, 1e-39]]), nn.LSTM(2, 2)) is None
+    assert scans.cell_slope(o, torch.tensor([[0.5, 1e-39]]), lstm) is None  # o not normal
 
 
 def test_a_callable_objects_signature_is_read_once_per_class():
@@ -412,3 +417,118 @@ def test_a_callable_objects_signature_is_read_once_per_class():
     assert Step.__call__ in forward._REQUIRED[True]  # the class's __call__, shared by every instance
     assert forward._required_after_input(second) == 1
     assert forward._required_after_input(lambda x, h, c: x) == 2
+
+
+def test_a_probe_remembers_the_walk_of_its_model_only(monkeypatch):
+    # A converted copy per pass (dtype=) is walked when asked and freed with its pass, not kept until the probe ends.
+    copies, converted = [], guard.converted
+
+    def spy(*args):
+        copy = converted(*args)
+        copies.append(weakref.ref(copy))
+        return copy
+
+    def loss_fn(output):
+        gc.collect()
+        alive.append(sum(ref() is not None for ref in copies))
+        return output[:, -1].sum()
+
+    monkeypatch.setattr(guard, "converted", spy)
+    alive: list[int] = []
+    probe(reference.lstm(3, 4), 6, dtype=torch.float64, seeds=3, loss_fn=loss_fn)  # input size read from inside
+    assert alive == [1, 1, 1]
+
+
+def test_zeros_beside_a_step_with_subnormal_entries_are_underflow_whatever_that_steps_norm():
+    # Step T-1's gradient holds a normal entry (1e-20) and a subnormal one (1e-40): its norm is far above tiny / eps,
+    # so the subnormal entry costs it no precision (not in subnormal_steps), but it shows the decay reaching the
+    # subnormal range, and the steps before it, exactly zero in float32 (1e-60 in float64), underflowed.
+    class Decay(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(2, 2)
+            self.register_buffer("s", torch.tensor([1e-20, 1e-40]))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x[:, -1] + self.s * x[:, -2] + (x[:, :-2] * 1e-60).sum(1)
+
+    profile = probe(Decay(), 6)
+    assert profile.norms[:4].tolist() == [0.0] * 4 and profile.zeros == "underflow"
+    assert profile.subnormal_steps.size == 0
+
+
+def test_the_callers_grad_mode_is_back_after_a_forward_that_switches_it_globally():
+    class Clobber(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.RNN(3, 4, batch_first=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = self.rnn(x)[0]
+            torch.set_grad_enabled(False)  # bookkeeping that forgets to switch it back
+            return out
+
+    with contextlib.suppress(Exception):
+        probe(Clobber(), 5)
+    assert torch.is_grad_enabled()
+
+
+def test_wrapped_callables_of_one_class_keep_their_own_signatures():
+    class Logged:  # a decorator class: functools.update_wrapper gives each instance the signature it wraps
+        def __init__(self, fn):
+            functools.update_wrapper(self, fn)
+            self.fn = fn
+
+        def __call__(self, *args):
+            return self.fn(*args)
+
+    rnn = nn.RNN(3, 4, batch_first=True)
+    stateless = Logged(lambda x: rnn(x)[0])
+    stateful = Logged(lambda x, h0: rnn(x, h0)[0])  # the probe passes None for the state it requires
+    assert probe(stateless, 5, input_size=3).ratio == probe(stateful, 5, input_size=3).ratio
+
+
+def test_the_backward_pass_starts_from_a_contiguous_gradient():
+    class Viewing(torch.autograd.Function):  # a hand-written backward that views its gradient
+        @staticmethod
+        def forward(ctx, x):
+            return x * 2.0
+
+        @staticmethod
+        def backward(ctx, g):
+            return (g.view(-1) * 2.0).view_as(g)
+
+    class Head(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.GRU(3, 6, batch_first=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return Viewing.apply(self.rnn(x)[0][:, -1])
+
+    assert probe(Head(), 8).norms[-1] > 0
+
+
+def test_saturated_cells_read_as_the_recomputed_cell_states_read_them(monkeypatch):
+    # tanh(c_t) rounds to 1 in float32 (c_t grows by 0.5 per step): the quotient o - h^2/o would read the rounding of
+    # o_t's two computations instead; the recomputed c_t reads 1 - tanh^2 c_t = 0, and the probe says so.
+    lstm = nn.LSTM(2, 4, batch_first=True)
+    with torch.no_grad():
+        for p in lstm.parameters():
+            p.mul_(0.05)
+        lstm.bias_ih_l0.copy_(torch.tensor([12.0] * 8 + [math.atanh(0.5)] * 4 + [0.3] * 4))
+    results = []
+    for slope in (scans.cell_slope, lambda h, o, module: None):
+        monkeypatch.setattr(scans, "cell_slope", slope)
+        try:
+            results.append(probe(lstm, 30, measure="cell").sample_norms.tolist())
+        except GradHealthError as exc:
+            results.append(type(exc).__name__)
+    assert results[0] == results[1]
+
+
+def test_seeds_under_inference_mode():
+    model = reference.lstm(3, 4)
+    expected = probe(model, 8, seeds=3).ratio
+    with torch.inference_mode():
+        assert probe(model, 8, seeds=3).ratio == expected

@@ -141,8 +141,9 @@ def _required_after_input(forward: Any) -> int:
     """How many positional arguments without a default `forward` requires after the input (0 when unreadable)."""
     key = getattr(forward, "__func__", None)
     call = vars(type(forward)).get("__call__")
+    own = getattr(forward, "__dict__", {})  # a wrapper's __wrapped__ or __signature__: a signature of its own
     if key is None and not inspect.isfunction(forward) and inspect.isfunction(call):
-        key = call
+        key = None if "__wrapped__" in own or "__signature__" in own else call
     bound = key is not None
     key, known = key or forward, _REQUIRED[bound]
     with contextlib.suppress(TypeError):  # not weakly referable: read it every time
@@ -231,7 +232,7 @@ def loss_of(output: Any, options: ProbeOptions, generators: Sequence[torch.Gener
     for generator in generators:
         v = torch.randn(y.shape[1], generator=generator, dtype=torch.float64)
         vs.append((v / torch.linalg.vector_norm(v)).to(dtype=y.dtype, device=y.device))  # not Tensor.norm: 20 us
-    if len(vs) == 1:
-        return Loss(y, vs[0].expand(y.shape))
+    if len(vs) == 1:  # contiguous, as the loss's own backward would hand it on (a custom backward may view it)
+        return Loss(y, vs[0].expand(y.shape).contiguous())
     rows = batch // len(vs)
     return Loss(y, torch.stack(vs)[:, None].expand(len(vs), rows, y.shape[1]).reshape(y.shape))

@@ -35,8 +35,10 @@ def guarded(model: Any, mode: str, device: torch.device, seed: int) -> Iterator[
     own = {id(p): p for m in modules for p in m._parameters.values() if p is not None}
     parameters = [(p, p.detach().clone()) for p in own.values()]
     cudnn_off = device.type == "cuda" and mode == "eval"  # cuDNN's RNN backward refuses to run in eval mode
-    # The global generators' states (what torch.random.fork_rng saves, without its per-call checks).
+    # The global generators' states (what torch.random.fork_rng saves, without its per-call checks), and the grad mode,
+    # which a forward may switch globally (torch.set_grad_enabled as a function).
     rng = [torch.default_generator.get_state()] + [torch.cuda.get_rng_state(index) for index in cuda_devices]
+    grad_enabled = torch.is_grad_enabled()
     try:
         with contextlib.ExitStack() as stack:
             if cudnn_off:
@@ -56,6 +58,7 @@ def guarded(model: Any, mode: str, device: torch.device, seed: int) -> Iterator[
                     object.__setattr__(m, "training", mode == "train")
             yield model
     finally:
+        torch.set_grad_enabled(grad_enabled)
         torch.default_generator.set_state(rng[0])
         for index, state in zip(cuda_devices, rng[1:], strict=False):
             torch.cuda.set_rng_state(state, index)

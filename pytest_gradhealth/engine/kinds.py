@@ -118,34 +118,43 @@ def kind_of(module: nn.Module) -> ModuleKind | None:
     return next((kind for kind in KINDS if kind.matches(module)), None)
 
 
-# Within `walked_once`, by id(model): the model and (path, module, kind) of each of its modules.
-_WALKS: contextvars.ContextVar[dict[int, tuple[nn.Module, list[tuple[str, nn.Module, ModuleKind | None]]]] | None] = (
+# Within `walked_once(model)`, by id(model): the model and, once walked, (path, module, kind) of each of its modules.
+_WALKS: contextvars.ContextVar[dict[int, tuple[Any, list[tuple[str, nn.Module, ModuleKind | None]] | None]] | None] = (
     contextvars.ContextVar("walks", default=None)
 )
 
 
 @contextlib.contextmanager
-def walked_once() -> Iterator[None]:
-    """Within it, each model's modules are walked once: a probe asks many questions of the model's structure (its
-    layout, input module, hidden size, advice, whether it can be renormalised), and a walk costs each of them."""
-    if _WALKS.get() is not None:  # an outer probe's walks hold
-        yield
-        return
-    token = _WALKS.set({})
+def walked_once(model: Any) -> Iterator[None]:
+    """Within it, `model`'s modules are walked once: a probe asks many questions of the model's structure (its layout,
+    input module, hidden size, advice, whether it can be renormalised, the guard's modules), and a walk costs each of
+    them. Only `model` is remembered, and only until the block that named it ends: another model (a converted copy,
+    a factory's) is walked when asked and not kept alive."""
+    walks, token = _WALKS.get(), None
+    if walks is None:
+        walks = {}
+        token = _WALKS.set(walks)
+    named = id(model) not in walks
+    if named:
+        walks[id(model)] = (model, None)
     try:
         yield
     finally:
-        _WALKS.reset(token)
+        if named:
+            del walks[id(model)]
+        if token is not None:
+            _WALKS.reset(token)
 
 
 def _walk(model: nn.Module) -> list[tuple[str, nn.Module, ModuleKind | None]]:
     """(path, module, kind) of every module of `model` (itself included), in order; kind None where none is known."""
     walks = _WALKS.get()
-    if walks is not None and (seen := walks.get(id(model))) is not None and seen[0] is model:
+    seen = None if walks is None else walks.get(id(model))
+    if seen is not None and seen[0] is model and seen[1] is not None:
         return seen[1]
     found = [(path, module, kind_of(module)) for path, module in model.named_modules()]
-    if walks is not None:
-        walks[id(model)] = (model, found)
+    if seen is not None and seen[0] is model:
+        walks[id(model)] = (model, found)  # type: ignore[index]
     return found
 
 

@@ -215,9 +215,7 @@ class ProbeOptions:
     @functools.cached_property
     def steps(self) -> np.ndarray:
         """The measured timesteps: every one, or `checkpoints` evenly spaced ones with the first and the last."""
-        steps = measured_steps(self.seq_len, self.checkpoints)
-        steps.flags.writeable = False  # one array for the options' lifetime
-        return steps
+        return measured_steps(self.seq_len, self.checkpoints)
 
     @property
     def run_len(self) -> int:

@@ -110,7 +110,7 @@ def probe(
     """
     # Every keyword above is a ProbeOptions field of the same name; with no layout given, the model's own is used.
     given = {name: value for name, value in locals().items() if name not in ("model", "seq_len")}
-    with kinds.walked_once():
+    with kinds.walked_once(model):
         return run_probe(model, make_options(model, seq_len, given))
 
 
@@ -196,7 +196,7 @@ def _input_size(model: Any, first: tuple[nn.Module, kinds.ModuleKind] | None) ->
 
 def measure_profile(model: nn.Module | Callable[..., Any], options: ProbeOptions) -> GradientProfile:
     """`probe` without the recording: validated options in, profile out."""
-    with kinds.walked_once():
+    with kinds.walked_once(model):
         return _measure_profile(model, options)
 
 
@@ -316,7 +316,7 @@ def _pass(
             grads = _gradients(loss, tap.measured(), model)
         result = tap.result(grads)
     norms, sample_norms = batch_rms(result.norms, result.valid)
-    zeros = _zeros(norms, result.subnormal, facts.dtype)
+    zeros = _zeros(norms, result.subnormal_entries, facts.dtype)
     out_of_range = renormalise.needed(norms, zeros, result.subnormal)
     log10_samples = None
     if renormaliser is not None and renormaliser.engaged:  # norms times known powers of two: take them off in log10
@@ -383,9 +383,10 @@ _UNDERFLOW_MARGIN = 1e6
 
 
 def _zeros(norms: np.ndarray, subnormal: np.ndarray | None, dtype: torch.dtype) -> str | None:
-    """Why some steps get exactly zero gradient: "underflow" when the nonzero step next to them (towards the loss) is
-    subnormal or within a few orders of the smallest normal number, else "structural" (no path reaches them:
-    a convolution's receptive field, a mask, dead ReLUs). None when no step, or every step, is zero."""
+    """Why some steps get exactly zero gradient: "underflow" when the nonzero step next to them (towards the loss) has
+    subnormal entries (`subnormal`: a flag per step) or a norm within a few orders of the smallest normal number, else
+    "structural" (no path reaches them: a convolution's receptive field, a mask, dead ReLUs). None when no step, or
+    every step, is zero."""
     if norms.min() > 0.0:  # most profiles: one op
         return None
     zero = np.flatnonzero(norms == 0.0)

@@ -87,14 +87,15 @@ def batched(model: Any, options: ProbeOptions, measure: Measure, draw: Draw) -> 
     seeds = range(options.seed, options.seed + options.seeds)  # type: ignore[operator]
     axis = options.window.batch_axis
     try:
-        drawn = draw(model, options, seeds)
+        with torch.inference_mode(False):  # the pooled inputs must be able to require a gradient
+            drawn = draw(model, options, seeds)
+            x = torch.cat([x for x, _ in drawn], dim=axis)
         rows = drawn[0][0].shape[axis]
         generators = [generator for _, generator in drawn]
 
         def loss(output: Any) -> Loss:  # each seed's v on its rows (an error where the rows are not the batch's)
             return loss_of(output, options, generators, rows * len(generators))
 
-        x = torch.cat([x for x, _ in drawn], dim=axis)
         one = replace(options, seeds=None, inputs=x, input_fn=None, batch_size=None, loss_fn=loss)
         pooled = measure(model, one)
     except GradHealthError:

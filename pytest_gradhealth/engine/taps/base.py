@@ -20,7 +20,10 @@ class TapResult:
     norms: np.ndarray
     valid: np.ndarray | None
     contributions: dict[str, np.ndarray] | None = None
-    subnormal: np.ndarray | None = None  # per profile step: some gradient entry is subnormal (None: not read)
+    # Per profile step (None: not read): subnormal entries cost some sample's norm precision (see `subnormal_steps`);
+    # and some entry is subnormal at all, read only where some sample's norm is below tiny / eps (else all False).
+    subnormal: np.ndarray | None = None
+    subnormal_entries: np.ndarray | None = None
 
 
 class Tap(Protocol):
@@ -58,10 +61,10 @@ def stacked_result(
     flat = g.detach().reshape(g.shape[0], g.shape[1], -1).transpose(0, 1)  # (batch, steps, features)
     at_steps = sample_norms(flat)
     norms, valid = window.by_lag(at_steps, at)
-    subnormal = None
+    subnormal = entries = None
     if window.lengths is None:
-        subnormal = subnormal_steps(flat, at_steps, np.searchsorted(at, window.steps))
-    return TapResult(norms, valid, contributions, subnormal)
+        subnormal, entries = subnormal_steps(flat, at_steps, np.searchsorted(at, window.steps))
+    return TapResult(norms, valid, contributions, subnormal, entries)
 
 
 # Below this a float64 norm may have lost its squares to underflow (sqrt of the smallest normal number, 1.5e-154).
@@ -86,19 +89,21 @@ def sequence_result(grads: list[torch.Tensor], window: Window) -> TapResult:
     g = per_step(grads, window.layout)
     at_steps = sample_norms(g)
     norms, valid = window.by_lag(at_steps)
-    subnormal = None if window.lengths is not None else subnormal_steps(g, at_steps, window.steps)
-    return TapResult(norms, valid, None, subnormal)
+    subnormal, entries = (None, None) if window.lengths is not None else subnormal_steps(g, at_steps, window.steps)
+    return TapResult(norms, valid, None, subnormal, entries)
 
 
-def subnormal_steps(g: torch.Tensor, norms: np.ndarray, at: np.ndarray | None = None) -> np.ndarray:
+def subnormal_steps(g: torch.Tensor, norms: np.ndarray, at: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per timestep of a (batch, seq, features) gradient whose per-sample norms are `norms` (batch, seq), at the
-    indices `at` along seq (None: every one), whether subnormal entries (nonzero but below the dtype's smallest normal
+    indices `at` along seq (None: every one): whether subnormal entries (nonzero but below the dtype's smallest normal
     number, where they have lost precision on their way to underflowing to zero) hold a share of some sample's norm
-    above the dtype's rounding: where its norm is below tiny / eps. Elsewhere a subnormal entry is below the norm's own
-    rounding, and not looked for."""
+    above the dtype's rounding, where its norm is below tiny / eps (elsewhere a subnormal entry is below the norm's own
+    rounding); and whether any entry is subnormal, which is looked for only where some sample's norm is below tiny /
+    eps (else no step is near zero, and none is read: all False)."""
     finfo = torch.finfo(g.dtype)
     if not np.fmin.reduce(norms, axis=None) < finfo.tiny / finfo.eps:  # most gradients: one op (NaN ignored)
-        return np.zeros(g.shape[1] if at is None else len(at), dtype=bool)
+        none = np.zeros(g.shape[1] if at is None else len(at), dtype=bool)
+        return none, none
     small = norms < finfo.tiny / finfo.eps
     # Then the smallest magnitude of the whole tensor first (two fast ops, one temporary of the gradient's size: peak
     # memory is a goal too). Only a zero, a NaN or a subnormal number below it takes the tests below: hardshrink keeps
@@ -110,8 +115,8 @@ def subnormal_steps(g: torch.Tensor, norms: np.ndarray, at: np.ndarray | None = 
         held = np.zeros(small.shape, dtype=bool)
     else:
         held = ((g != 0) & (g.abs() < finfo.tiny)).any(-1).cpu().numpy()  # (batch, seq)
-    found = (held & small).any(0)
-    return found if at is None else found[at]
+    found, entries = (held & small).any(0), held.any(0)
+    return (found, entries) if at is None else (found[at], entries[at])
 
 
 def stand_in_forward(module: torch.nn.Module, forward: Any, stack: contextlib.ExitStack) -> None:

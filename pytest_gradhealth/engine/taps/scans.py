@@ -83,11 +83,16 @@ def gru_hidden(
 
 
 def cell_slope(h: torch.Tensor, o: torch.Tensor, module: nn.Module) -> torch.Tensor | None:
-    """dh_t/dc_t = o_t * (1 - tanh^2 c_t) as o_t - h_t^2 / o_t (h_t = o_t * tanh(c_t); at least 0), or None where h_t
-    is a projection of it or some o_t is not a normal number (where the quotient would lose precision)."""
-    if getattr(module, "proj_size", 0) or float(o.min()) < torch.finfo(o.dtype).tiny:
+    """dh_t/dc_t = o_t * (1 - tanh^2 c_t) as o_t - h_t^2 / o_t (h_t = o_t * tanh(c_t)), or None where that loses
+    precision: h_t is a projection of it, some o_t is not a normal number, or some cell is saturated, 1 - tanh^2 c_t
+    within the rounding of o_t's two computations (16 eps), where the recomputed c_t reads it as tanh's own rounding
+    does (exactly 0 where tanh(c_t) rounds to 1) and the quotient would read that rounding instead. CPU only: on a
+    GPU the kernel's h_t may come from TF32 GEMMs (cuDNN's default), about 1e-3 off the recomputed o_t."""
+    finfo = torch.finfo(o.dtype)
+    if h.device.type != "cpu" or getattr(module, "proj_size", 0) or float(o.min()) < finfo.tiny:
         return None
-    return torch.addcmul(o, h, h / o, value=-1.0).clamp_min_(0.0)
+    slope = torch.addcmul(o, h, h / o, value=-1.0)
+    return None if bool((slope <= o * (16 * finfo.eps)).any()) else slope
 
 
 def lstm_cell(
