@@ -264,13 +264,15 @@ class FusedStatesTap:
         for j, end in enumerate(self.cuts):
             steps = slice(start, end + 1)
             at_output = grads[0][steps].clone()
-            at_output[-1] = at_state[j]
             if self.module.mode == "GRU":
+                at_output[-1] = at_state[j]
                 pieces.append(
                     scans.gru_hidden(at_output, grads[1][steps], self.inputs[steps], h_prev[steps], self.module, suffix)
                 )
-            else:
-                hidden = at_output + nn.functional.pad(grads[1][start + 1 : end + 1], (0, 0, 0, 0, 0, 1))
+            else:  # u_{t+1}'s gradient is h_t's path into step t+1; the chunk's last state hands it on itself
+                hidden = at_output
+                hidden[:-1] += grads[1][start + 1 : end + 1]
+                hidden[-1] = at_state[j]
                 if self.request.measure == "cell":
                     cell = self.initial_cell if j == 0 else self.states[self.cuts[j - 1]][1].detach()
                     hidden = scans.lstm_cell(
