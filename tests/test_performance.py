@@ -368,11 +368,11 @@ def test_a_probe_walks_the_model_once_and_the_next_probe_walks_it_afresh(monkeyp
     named_modules = model.named_modules
     monkeypatch.setattr(model, "named_modules", lambda *a, **k: walks.append(1) or named_modules(*a, **k))
     first = probe(model, 6)
-    assert len(walks) == 1  # layout, input size, hidden size, renormalisable, advice: one walk
+    assert len(walks) == 2  # layout, input size, hidden size, renormalisable, advice: one walk; the guard's own
     assert "vanilla RNN" in first.advice
     model.rnn = nn.LSTM(3, 5, batch_first=True)  # changed between probes: the next one sees it
     second = probe(model, 6)
-    assert len(walks) == 2 and "forget-gate" in second.advice
+    assert len(walks) == 4 and "forget-gate" in second.advice
 
 
 def test_the_cell_gradient_read_through_h_over_o_is_the_one_of_the_recomputed_cell_states(monkeypatch):
@@ -532,3 +532,21 @@ def test_seeds_under_inference_mode():
     expected = probe(model, 8, seeds=3).ratio
     with torch.inference_mode():
         assert probe(model, 8, seeds=3).ratio == expected
+
+
+def test_a_module_that_forward_registers_is_in_the_probes_mode_in_the_next_pass():
+    class Lazy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.RNN(3, 4, batch_first=True)
+            self.drop: nn.Module | None = None
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.drop is None:
+                self.drop = nn.Dropout(0.9)  # built on the first call, in train mode as every new module
+            return self.drop(self.rnn(x)[0])
+
+    model = Lazy()
+    pooled = probe(model, 6, seeds=2, loss_fn=lambda y: y[:, -1].sum())  # one pass per seed (loss_fn=)
+    alone = probe(model, 6, seed=1, loss_fn=lambda y: y[:, -1].sum())  # the dropout exists from the start
+    np.testing.assert_array_equal(pooled.seed_profiles[1].sample_norms, alone.sample_norms)

@@ -26,7 +26,8 @@ def guarded(model: Any, mode: str, device: torch.device, seed: int) -> Iterator[
     if device.type == "cuda":
         torch.cuda.init()
     cuda_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    modules = kinds.modules_of(model) if isinstance(model, nn.Module) else []
+    # Listed afresh at every pass (not from the probe's walk): a forward may have registered a module the pass before.
+    modules = list(model.modules()) if isinstance(model, nn.Module) else []
     flags = [m.training for m in modules]
     names = [set(m._buffers) for m in modules]
     # Each buffer object and its values: forward may update a buffer in place or assign a new tensor to its name.

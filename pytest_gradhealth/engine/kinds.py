@@ -127,9 +127,9 @@ _WALKS: contextvars.ContextVar[dict[int, tuple[Any, list[tuple[str, nn.Module, M
 @contextlib.contextmanager
 def walked_once(model: Any) -> Iterator[None]:
     """Within it, `model`'s modules are walked once: a probe asks many questions of the model's structure (its layout,
-    input module, hidden size, advice, whether it can be renormalised, the guard's modules), and a walk costs each of
-    them. Only `model` is remembered, and only until the block that named it ends: another model (a converted copy,
-    a factory's) is walked when asked and not kept alive."""
+    input module, hidden size, advice, whether it can be renormalised), and a walk costs each of them. Only `model`
+    is remembered, and only until the block that named it ends: another model (a converted copy, a factory's) is
+    walked when asked and not kept alive."""
     walks, token = _WALKS.get(), None
     if walks is None:
         walks = {}
