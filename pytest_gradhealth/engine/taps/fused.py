@@ -199,16 +199,18 @@ class FusedStatesTap:
                         self.aliases.setdefault(names[i], []).append(used[i])
                 if first == last and alone:  # one step: the cell's op, without a fused call's fixed cost
                     states[last] = aten.run_step(self.module, x[first], state, used)
-                    pieces.append(states[last][0][None])
+                    pieces.append(states[last][0])
                 else:
                     hx = tuple(s[None] for s in state) if self.lstm else state[0][None]
                     out, *final = aten.run_layer(self.module, x[first : last + 1], hx, used)
                     states[last] = tuple(f.squeeze(0) for f in final)  # views: their backward copies nothing
                     # The state is the output at the chunk's last step too: one tensor, as in an unrolled loop.
-                    pieces += [out[:-1], states[last][0][None]]
+                    pieces += [out[:-1], states[last][0]]
                 state = states[last] if self.renormaliser is None else self.renormaliser.carry(last, states[last])
             start = end + 1
-        return torch.cat(pieces), states
+        if all(piece.dim() == 2 for piece in pieces):  # every chunk one step: one stack, no view per step
+            return torch.stack(pieces), states
+        return torch.cat([piece[None] if piece.dim() == 2 else piece for piece in pieces]), states
 
     def measured(self) -> list[torch.Tensor]:
         """The tensors to differentiate: the measured layer's states at the cuts, then the weight copies."""
