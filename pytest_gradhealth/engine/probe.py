@@ -148,9 +148,8 @@ class ModelFacts:
     model_device: torch.device
     vocab_size: int | None  # token inputs are drawn when set
     input_size: int | None  # float inputs of this many features are drawn when set
-    inferred: (
-        bool  # input_size was read from a module inside the model, not given: which module the input reaches is a guess
-    )
+    # input_size was read from a module inside the model, not given: which module the input reaches is a guess
+    inferred: bool
     hidden_size: int | None
 
 
@@ -292,7 +291,7 @@ def _pass(
         )
     with guard.guarded(model, options.mode, facts.device, options.seed) as guarded:
         run_model = guard.converted(guarded, facts.dtype, facts.device, facts.model_dtype, facts.model_device)
-        x, generator = _draw(model, options, facts)
+        x, generator = _draw(model, options, facts, options.seed)
         batch = x.shape[window.batch_axis]
         tokens = not x.is_floating_point()
         if tap is None:
@@ -353,11 +352,9 @@ def _pass(
     ), out_of_range
 
 
-def _draw(
-    model: Any, options: ProbeOptions, facts: ModelFacts, seed: int | None = None
-) -> tuple[torch.Tensor, torch.Generator]:
-    """The pass's inputs, and its generator, whose next draw is the default loss's v (`seed` None: the options')."""
-    generator = torch.Generator(device="cpu").manual_seed(options.seed if seed is None else seed)
+def _draw(model: Any, options: ProbeOptions, facts: ModelFacts, seed: int) -> tuple[torch.Tensor, torch.Generator]:
+    """The inputs drawn under `seed`, and its generator, whose next draw is the default loss's v."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
     sampled = facts.model_dtype if isinstance(model, nn.Module) else facts.dtype  # a plain callable has none
     x = make_inputs(options, generator, facts.vocab_size, facts.input_size, facts.dtype, facts.device, sampled)
     return x, generator

@@ -81,7 +81,7 @@ def sample_norms(g: torch.Tensor) -> np.ndarray:
         scale = torch.where(largest > 0, largest, torch.ones_like(largest))
         scaled = largest * torch.linalg.vector_norm(g / scale[..., None], dim=-1)
         norms = torch.where(norms < _SQUARES_UNDERFLOW, scaled, norms)
-    return (norms if norms.device.type == "cpu" else norms.cpu()).numpy()
+    return norms.cpu().numpy()
 
 
 def sequence_result(grads: list[torch.Tensor], window: Window) -> TapResult:

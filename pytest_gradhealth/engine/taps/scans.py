@@ -110,7 +110,7 @@ def lstm_cell(
     dL/dc_t = dL/dh_t * o_t * (1 - tanh^2 c_t) (`lstm.through_hidden`) + f_{t+1} * dL/dc_{t+1}, plus c_n's own
     gradient at the last step (a backward scan), with the gates recomputed. tanh(c_t) is read from the layer's output
     h_t = o_t * tanh(c_t) (`cell_slope`; to within a few units in the last place of o_t, which the two computations
-    of the gate differ by); where h_t is a projection of it, or o_t is not a normal number, c_t is recomputed instead:
+    of the gate differ by); where that would lose precision (see `cell_slope`), c_t is recomputed instead:
     c_t = f_t * c_{t-1} + i_t * g_t, a forward scan.
     """
     hidden = c_initial.shape[-1]
