@@ -29,6 +29,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.profiler import ProfilerActivity
@@ -271,6 +272,46 @@ def forward_grad(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.autograd.grad(y[:, -1].sum(), leaf)[0]
 
 
+def floor_call(model: nn.Module, sizes: Sizes, seq_len: int, device: str = "cpu") -> np.ndarray:
+    """The least a guarded default call must do, written out by hand without the probe's options, checks, tap or
+    profile: the parameters saved and compared after, the global generator's state saved and restored, the inputs and
+    v drawn from a seeded generator, one forward, autograd.grad from v at the last output, each step's float64 norm
+    per sample and their RMS over the batch."""
+    parameters = list(model.parameters())
+    saved = [p.detach().clone() for p in parameters]
+    state = torch.default_generator.get_state()
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(sizes.batch, seq_len, sizes.input_size, generator=generator).to(device).requires_grad_(True)
+    y = model(x)[0][:, -1]
+    v = torch.randn(y.shape[-1], generator=generator, dtype=torch.float64)
+    v = (v / torch.linalg.vector_norm(v)).to(dtype=y.dtype, device=y.device)
+    g = torch.autograd.grad(y, x, v.expand(y.shape).contiguous())[0]
+    norms = torch.linalg.vector_norm(g, dim=-1, dtype=torch.float64).cpu().numpy()
+    if not all(torch.equal(p, s) for p, s in zip(parameters, saved, strict=True)):
+        raise AssertionError("the model changed")
+    torch.default_generator.set_state(state)
+    return np.sqrt(np.einsum("bt,bt->t", norms, norms) / norms.shape[0])
+
+
+def widened(model: nn.LSTM) -> nn.LSTM:
+    """A one-layer nn.LSTM's copy whose input is wider by hidden_size features with W_hh as their weight: the fused
+    call that a state probe's one-call path runs (`engine/taps/fused.py`)."""
+    wide = nn.LSTM(model.input_size + model.hidden_size, model.hidden_size, batch_first=model.batch_first)
+    wide = wide.to(model.weight_hh_l0.device)
+    with torch.no_grad():
+        wide.weight_ih_l0.copy_(torch.cat([model.weight_ih_l0, model.weight_hh_l0], dim=1))
+        for name in ("weight_hh_l0", "bias_ih_l0", "bias_hh_l0"):
+            getattr(wide, name).copy_(getattr(model, name))
+    return wide
+
+
+def widened_pass(wide: nn.LSTM, x: torch.Tensor) -> torch.Tensor:
+    """The one-call path's kernels alone: the widened layer over [x, u = 0], autograd.grad from the last output to u."""
+    u = x.new_zeros(*x.shape[:2], wide.hidden_size).requires_grad_(True)
+    y = wide(torch.cat([x, u], dim=-1))[0]
+    return torch.autograd.grad(y[:, -1].sum(), u)[0]
+
+
 def unrolled_state_grads(cell: nn.Module, x: torch.Tensor, measure: str = "hidden") -> tuple[torch.Tensor, ...]:
     """Every step's state gradient the brute-force way: an unrolled cell loop, autograd.grad w.r.t. each h_t (c_t)."""
     states = unrolled_states(cell, x)
@@ -308,6 +349,9 @@ def probe_rows(sizes: Sizes, device: str = "cpu") -> Iterator[Row]:
         ratio, base = paired(partial(probe, model, seq_len), partial(forward_grad, model, x), sizes)
         label = "probe drawing its own inputs (the default call), nn.LSTM"
         yield ratio_row(1, label, size, f"fwd + grad, {ms(base)}", ratio, 1.05)
+        ratio, base = paired(partial(floor_call, model, sizes, seq_len, device), partial(forward_grad, model, x), sizes)
+        label = "the default call's floor: its guard, draws, fwd, grad and norms written out by hand, nn.LSTM"
+        yield ratio_row(1, label, size, f"fwd + grad, {ms(base)}", ratio, None)
 
 
 STATE_MEASURES = (("nn.RNN", "hidden"), ("nn.LSTM", "hidden"), ("nn.LSTM", "cell"), ("nn.GRU", "hidden"))
@@ -333,6 +377,10 @@ def state_rows(sizes: Sizes, device: str = "cpu") -> Iterator[Row]:
                     what = "every step" if k is None else f"checkpoints={k}"
                     label = f'probe(measure="{measure}"), {what}, {kind}'
                     yield ratio_row(2, label, size, f"{baseline_name}, {ms(base)}", ratio, limit)
+            if (kind, measure) == ("nn.LSTM", "cell"):  # what the cell state's one-call path cannot go below
+                ratio, base = paired(partial(widened_pass, widened(model), x), baselines[0][1], sizes)
+                label = "the one-call path's kernels alone: input wider by W_hh, fwd + grad, nn.LSTM"
+                yield ratio_row(2, label, size, f"fused fwd + grad, {ms(base)}", ratio, None)
 
 
 def check_rows(sizes: Sizes) -> Iterator[Row]:
