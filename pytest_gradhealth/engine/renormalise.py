@@ -86,7 +86,6 @@ def chunks_first(model: nn.Module) -> int:
     return 2 if vanilla else 4
 
 
-@functools.cache  # read by every probe, and by each boundary of a renormalised pass
 def lazy(dtype: torch.dtype) -> int:
     """The bound of lazy rescaling in `dtype`: LAZY, or a quarter of the dtype's binary orders below 1 where that is
     less (float16: 3 of its 14), so that a gradient is rescaled long before it turns subnormal."""
@@ -101,7 +100,6 @@ def needed(norms: np.ndarray, zeros: str | None, subnormal: np.ndarray | None) -
     return zeros == "underflow" or losing or not np.isfinite(norms).all()
 
 
-@functools.cache
 def first_chunk(dtype: torch.dtype) -> int:
     """Steps per chunk for a first renormalised pass: what a decay of `_STEEPEST` decades per step (a tanh RNN at
     PyTorch's default initialisation loses about 0.32) covers between 2**-LAZY and the dtype's smallest normal number:
