@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from pytest_gradhealth import probe, reference
+from pytest_gradhealth.errors import GradHealthError, ModelInterfaceError
 
 
 class Classifier(nn.Module):
@@ -317,3 +318,121 @@ def test_a_model_on_the_meta_device_is_refused_with_a_gradhealth_error():
 
     with pytest.raises(GradHealthError, match="meta"):
         probe(nn.RNN(3, 4, batch_first=True, device="meta"), 5)
+
+
+def _structure(model: nn.Module) -> dict:
+    """What model_state does not see: which objects the model holds, where, and its hooks and attributes."""
+    return {
+        name: (
+            {k: id(v) for k, v in m._parameters.items()},
+            {k: None if v is None else id(v) for k, v in m._buffers.items()},
+            list(m._modules),
+            len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks),
+            sorted(k for k in vars(m) if not k.startswith("_")),
+        )
+        for name, m in model.named_modules()
+    }
+
+
+class Registers(nn.Module):
+    """Registers a submodule, a parameter, a buffer over a None one and a hook on its first call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.RNN(4, 8, batch_first=True)
+        self.register_buffer("last", None)
+        self.calls = 0
+
+    def forward(self, x):
+        if "head" not in self._modules:
+            self.head = nn.Linear(8, 8)
+            self.register_parameter("scale", nn.Parameter(torch.ones(8)))
+            self.rnn.register_forward_hook(lambda module, args, output: None)
+        self.last = x.detach().sum(1)
+        self.calls += 1
+        return self.head(self.rnn(x)[0]) * self.scale
+
+
+class Reassigns(nn.Module):
+    """Replaces a parameter object, turns requires_grad off and writes -0.0 where +0.0 was."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.RNN(4, 8, batch_first=True)
+        self.gain = nn.Parameter(torch.ones(()))
+        self.register_buffer("shift", torch.zeros(8))
+
+    def forward(self, x):
+        self.gain = nn.Parameter(torch.full((), 0.5))
+        self.rnn.bias_ih_l0.requires_grad_(False)
+        self.shift.mul_(-1.0)
+        return self.rnn(x)[0] * self.gain + self.shift
+
+
+class OwnBackward(nn.Module):
+    """Runs a backward pass of its own (a regulariser) and zeroes the gradients, as a training step inside forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.RNN(4, 8, batch_first=True)
+
+    def forward(self, x):
+        self.zero_grad()
+        (self.rnn.weight_hh_l0**2).sum().backward()
+        return self.rnn(x)[0]
+
+
+class Casts(nn.Module):
+    """Converts a submodule to float64 in forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.RNN(4, 8, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        self.head.double()
+        return self.head(self.rnn(x)[0].double())
+
+
+class RaisesAfterRegistering(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.RNN(4, 8, batch_first=True)
+
+    def forward(self, x):
+        self.child = nn.Linear(2, 2)
+        self.rnn.register_forward_pre_hook(lambda module, args: None)
+        with torch.no_grad():
+            self.rnn.weight_hh_l0.zero_()
+        raise RuntimeError("boom")
+
+
+@pytest.mark.parametrize("build", [Registers, Reassigns, OwnBackward, Casts, RaisesAfterRegistering])
+def test_what_forward_registers_reassigns_or_changes_is_put_back_bit_for_bit(build, state_guard):
+    torch.manual_seed(0)
+    model = build()
+    if build is OwnBackward:
+        for p in model.parameters():
+            p.grad = torch.full_like(p, 3.0)  # kept, values and objects, though forward zeroes and accumulates
+    grads = [p.grad for p in model.parameters()]
+    structure = _structure(model)
+    signs = {name: torch.signbit(b).clone() for name, b in model.named_buffers()}
+    state_guard(model)
+    try:
+        probe(model, 6)
+    except GradHealthError:
+        assert build is RaisesAfterRegistering
+    assert _structure(model) == structure
+    assert all(p.grad is g for p, g in zip(model.parameters(), grads, strict=True))
+    for name, buffer in model.named_buffers():
+        assert torch.equal(torch.signbit(buffer), signs[name]), f"{name}: -0.0 is not +0.0"
+
+
+def test_a_model_with_an_uninitialised_lazy_module_is_refused_before_it_runs():
+    model = nn.Sequential(nn.RNN(4, 8, batch_first=True), nn.LazyLinear(3))
+    calls = []
+    model[0].register_forward_pre_hook(lambda module, args: calls.append(1))
+    with pytest.raises(ModelInterfaceError, match="run the model once on a batch of its real inputs"):
+        probe(model, 6, loss_fn=lambda y: y[0].sum())
+    assert not calls and nn.parameter.is_lazy(model[1].weight)

@@ -142,3 +142,38 @@ def test_a_seed_with_nan_gradients_makes_the_pooled_profile_non_finite():
     pooled = probe(reference.rnn(3, 4), 6, seeds=3, input_fn=inputs)
     assert [p.finite for p in pooled.seed_profiles] == [True, False, True]
     assert not pooled.finite and np.isnan(pooled.norms).all()
+
+
+class AlwaysOnDropout(nn.Module):
+    """Dropout kept on in eval mode (MC dropout): rows never mix, but each draws from the global generator."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(4, 8, batch_first=True)
+
+    def forward(self, x):
+        return nn.functional.dropout(self.rnn(x)[0], 0.5, training=True)
+
+
+class NoisyInput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.GRU(4, 8, batch_first=True)
+
+    def forward(self, x):
+        return self.rnn(x + 0.5 * torch.randn_like(x))[0]
+
+
+@pytest.mark.parametrize("build", [AlwaysOnDropout, NoisyInput])
+def test_a_forward_drawing_from_the_global_generator_runs_each_seed_under_its_own(build, state_guard):
+    """The batched pass would seed the global generator once for every seed's rows: each seed's pass seeds it
+    with its own, so a model that draws from it is measured seed by seed, as the one-seed probes are."""
+    torch.manual_seed(0)
+    model = state_guard(build().double())
+    returned = []
+    batched = seeds.batched
+    with mock.patch.object(seeds, "batched", lambda *args: returned.append(batched(*args)) or returned[-1]):
+        together = probe(model, 12, seeds=3, seed=2)
+    assert returned == [None]  # the batched pass ran, and gave way
+    for profile, seed in zip(together.seed_profiles, (2, 3, 4), strict=True):
+        np.testing.assert_array_equal(profile.sample_norms, probe(model, 12, seed=seed).sample_norms)

@@ -5,7 +5,9 @@ each seed's own v in the loss on its rows, the result split back by seed. That h
 each draw is another model) in eval mode (train mode's batch statistics and dropout draws depend on the batch), with
 inputs drawn or from input_fn, the default loss, no lengths=, forward= or contributions= (a share of the weights'
 gradient summed over the batch). A model whose own forward mixes the rows of a batch in eval mode would be misread;
-every other case, and any batched pass that fails or leaves the dtype's range, runs the seeds one after another.
+every other case, and any batched pass that fails, leaves the dtype's range or draws from the global generator (each
+seed's pass draws from it seeded with its own seed: dropout forced on in eval mode, noise), runs the seeds one after
+another.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pytest_gradhealth.engine import guard
 from pytest_gradhealth.engine.factories import build, is_factory
 from pytest_gradhealth.engine.forward import Loss, loss_of
 from pytest_gradhealth.engine.options import ProbeOptions
@@ -97,8 +100,11 @@ def batched(model: Any, options: ProbeOptions, measure: Measure, draw: Draw) -> 
             return loss_of(output, options, generators, rows * len(generators))
 
         one = replace(options, seeds=None, inputs=x, input_fn=None, batch_size=None, loss_fn=loss)
-        pooled = measure(model, one)
+        with guard.watching_global_draws() as drew:
+            pooled = measure(model, one)
     except GradHealthError:
+        return None
+    if any(drew):  # one seed for every row's draws: not what each seed's own pass would draw
         return None
     samples = pooled.sample_norms
     out_of_range = pooled.log10_sample_norms is not None or (
