@@ -121,3 +121,151 @@ def test_a_channels_first_convolution_is_probed_in_its_layout():
 def test_a_bad_layout_is_refused(options, words):
     with pytest.raises(InvalidArgumentError, match=words):
         probe(nn.RNN(3, 4), 5, **options)
+
+
+# Where the model's output is not in its input's layout (found by an adversarial review): each of these read the loss
+# on the wrong entries before, without a word.
+
+
+class VocabBeforeTime(nn.Module):
+    """Logits (batch, vocab, seq), as nn.CrossEntropyLoss takes them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(6, 16, batch_first=True)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.fc(self.lstm(x)[0]).transpose(1, 2)
+
+
+class ChannelsFirstToSteps(nn.Module):
+    """A channels-first causal convolution (batch, channels, seq) with a per-step head: (batch, seq, classes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(6, 16, 3, padding=2)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.head(self.conv(x)[:, :, :-2].transpose(1, 2))
+
+
+class OneValuePerStep(nn.Module):
+    """A forecaster's (batch, seq) output: a one-unit head at every step, squeezed."""
+
+    def __init__(self, hidden: int = 32) -> None:
+        super().__init__()
+        self.rnn = nn.RNN(4, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, 1)
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[0]).squeeze(-1)
+
+
+class LastState(nn.Module):
+    """(batch, hidden): the last hidden state, as many features as the probe's timesteps."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.rnn = nn.RNN(4, hidden, batch_first=True)
+
+    def forward(self, x):
+        return self.rnn(x)[0][:, -1]
+
+
+class FlattenedBatchMajor(nn.Module):
+    """A time-major language model whose logits are flattened batch-major, (batch * seq, vocab)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(20, 8)
+        self.rnn = nn.LSTM(8, 16)
+        self.decoder = nn.Linear(16, 20)
+
+    def forward(self, tokens):
+        out = self.rnn(self.embed(tokens))[0].transpose(0, 1).contiguous()
+        return self.decoder(out.view(-1, out.shape[-1]))
+
+
+@pytest.mark.parametrize(
+    ("build", "seq_len", "words"),
+    [
+        (VocabBeforeTime, 30, "axis 2 holds the 30 timesteps"),
+        (ChannelsFirstToSteps, 20, "axis 1 holds the 20 timesteps"),
+        (OneValuePerStep, 12, "one value per step: on one step less the model returns one column less"),
+        (FlattenedBatchMajor, 12, r"samples \[0, 1, 2, 3, 4, 5, 6\] got no gradient .* likely batch-major"),
+    ],
+)
+def test_an_output_in_another_layout_than_the_input_is_refused_naming_loss_fn(build, seq_len, words):
+    torch.manual_seed(0)
+    model = build().eval()
+    with pytest.raises(ModelInterfaceError, match=words) as caught:
+        probe(model, seq_len)
+    assert "loss_fn=" in str(caught.value)
+
+
+def test_a_one_value_per_step_output_is_measured_with_the_loss_fn_the_error_names():
+    torch.manual_seed(0)
+    model = OneValuePerStep().eval()
+    x = torch.randn(8, 12, 4, generator=torch.Generator().manual_seed(1))
+    profile = probe(model, 12, inputs=x, loss_fn=lambda y: y[:, -1].sum())
+    leaf = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model(leaf)[:, -1].sum(), leaf)
+    expected = grad.double().norm(dim=-1).pow(2).mean(0).sqrt().numpy()
+    np.testing.assert_allclose(profile.norms, expected, rtol=1e-5)
+
+
+def test_as_many_features_as_timesteps_are_still_features():
+    """The last state of a layer as wide as the sequence is long keeps its columns on one step less: features, under
+    the default loss <v, y> (v the first draw of the seed's generator when the inputs are given)."""
+    torch.manual_seed(0)
+    model = LastState(12).eval()
+    x = torch.randn(8, 12, 4, generator=torch.Generator().manual_seed(1))
+    profile = probe(model, 12, inputs=x)
+    v = torch.randn(12, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    leaf = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad((model(leaf) * (v / v.norm()).float()).sum(), leaf)
+    np.testing.assert_allclose(profile.norms, grad.double().norm(dim=-1).pow(2).mean(0).sqrt().numpy(), rtol=1e-5)
+
+
+def test_a_final_state_output_names_loss_fn_beside_the_layouts():
+    class FinalState(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gru = nn.GRU(4, 8, batch_first=True)
+
+        def forward(self, x):
+            return self.gru(x)[1]  # (layers, batch, hidden)
+
+    with pytest.raises(ModelInterfaceError, match="final state .* loss_fn="):
+        probe(FinalState(), 10)
+
+
+def test_a_token_loop_that_reads_the_steps_in_reverse_is_measured_in_time_order():
+    """A reversed-source encoder: the lookup of step t is the (seq_len - t)-th call."""
+
+    class Reversed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(20, 8)
+            self.cell = nn.GRUCell(8, 16)
+            self.head = nn.Linear(16, 5)
+
+        def forward(self, tokens):
+            h = tokens.new_zeros(tokens.shape[0], 16, dtype=torch.float32)
+            for t in reversed(range(tokens.shape[1])):
+                h = self.cell(self.embed(tokens[:, t]), h)
+            return self.head(h)
+
+    torch.manual_seed(0)
+    model = Reversed().eval()
+    tokens = torch.randint(0, 20, (8, 12), generator=torch.Generator().manual_seed(3))
+    profile = probe(model, 12, inputs=tokens, loss_fn=lambda y: y.sum())
+    looked_up, h = {}, torch.zeros(8, 16)
+    for t in reversed(range(12)):
+        looked_up[t] = model.embed(tokens[:, t]).detach().requires_grad_(True)
+        h = model.cell(looked_up[t], h)
+    grads = torch.autograd.grad(model.head(h).sum(), [looked_up[t] for t in range(12)])
+    expected = np.array([g.double().norm(dim=-1).pow(2).mean().sqrt().item() for g in grads])
+    np.testing.assert_allclose(profile.norms, expected, rtol=1e-5)

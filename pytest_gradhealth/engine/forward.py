@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
@@ -183,6 +184,11 @@ class Loss:
 
     output: torch.Tensor
     direction: torch.Tensor | None = None
+    # The output was (seq * batch, ...) rows, unflattened in the input's layout: an order the probe checks after the
+    # backward pass (`check_flattened_order`).
+    flattened: bool = False
+    # The output was (batch, seq): one value per step, or as many features as steps (`check_columns` tells).
+    columns: bool = False
 
 
 def loss_of(output: Any, options: ProbeOptions, generators: Sequence[torch.Generator], batch: int) -> Loss:
@@ -210,10 +216,13 @@ def loss_of(output: Any, options: ProbeOptions, generators: Sequence[torch.Gener
             f"the model's output is a {y.dtype} tensor, which carries no gradient; return the floating output "
             "(logits, hidden states) or pass loss_fn="
         )
-    if y.dim() == 2 and y.shape[0] == options.run_len * batch and options.layout != BATCH_FEATURE_TIME:
-        # A language model output flattened to (seq * batch, vocab) for its cross-entropy, in its own layout.
+    flattened = y.dim() == 2 and y.shape[0] == options.run_len * batch and options.layout != BATCH_FEATURE_TIME
+    if flattened:  # a language model's output flattened to (seq * batch, vocab) for its cross-entropy
         outer = (options.run_len, batch) if options.layout == TIME_BATCH_FEATURE else (batch, options.run_len)
         y = y.reshape(*outer, -1)
+    columns = y.dim() == 2 and y.shape[0] == batch and y.shape[1] == options.run_len
+    if y.dim() >= 3:
+        _check_time_axis(y, options)
     if y.dim() < 2:
         raise ModelInterfaceError(
             f"the model's output has shape {tuple(y.shape)}: no time step to take. Expected {options.layout_name} "
@@ -226,13 +235,71 @@ def loss_of(output: Any, options: ProbeOptions, generators: Sequence[torch.Gener
     if y.shape[0] != batch:
         raise ModelInterfaceError(
             f"the model's output has {y.shape[0]} rows at its last step but the batch has {batch}: the output's "
-            f"layout does not match the input's {options.layout_name}; pass {_other_layout(options, y.shape[0])}"
+            f"layout does not match the input's {options.layout_name}; pass {_other_layout(options, y.shape[0])}, or, "
+            "if the model's output is in another layout than its input (or is not a sequence, as a final state "
+            "(layers, batch, hidden) is not), loss_fn= to put the loss where it belongs"
         )
     vs = []
     for generator in generators:
         v = torch.randn(y.shape[1], generator=generator, dtype=torch.float64)
         vs.append((v / torch.linalg.vector_norm(v)).to(dtype=y.dtype, device=y.device))  # not Tensor.norm: 20 us
     if len(vs) == 1:  # contiguous, as the loss's own backward would hand it on (a custom backward may view it)
-        return Loss(y, vs[0].expand(y.shape).contiguous())
+        return Loss(y, vs[0].expand(y.shape).contiguous(), flattened, columns)
     rows = batch // len(vs)
-    return Loss(y, torch.stack(vs)[:, None].expand(len(vs), rows, y.shape[1]).reshape(y.shape))
+    return Loss(y, torch.stack(vs)[:, None].expand(len(vs), rows, y.shape[1]).reshape(y.shape), flattened, columns)
+
+
+def _check_time_axis(y: torch.Tensor, options: ProbeOptions) -> None:
+    """Refuse an output whose time axis, in the input's layout, is not the one that holds the timesteps, where
+    another axis does: a (batch, vocab, seq) output for cross-entropy, a channels-first model's (batch, seq, classes).
+    Read in the input's layout, the loss would sit on the last feature of every step."""
+    axis = options.window.seq_axis(y)
+    if y.shape[axis] == options.run_len:
+        return
+    batch_axis = options.window.batch_axis
+    others = [a for a in range(y.dim()) if a not in (axis, batch_axis) and y.shape[a] == options.run_len]
+    if others:
+        raise ModelInterfaceError(
+            f"the model's output has shape {tuple(y.shape)}: in the input's {options.layout_name} its time axis "
+            f"would be axis {axis} ({y.shape[axis]} long), but axis {others[0]} holds the {options.run_len} "
+            f"timesteps: the output is in another layout than the input. Pass loss_fn= to put the loss on its last "
+            f"step, e.g. loss_fn=lambda y: y.select({others[0]}, -1).sum()"
+        )
+
+
+def check_columns(loss: Loss, model: Any, x: torch.Tensor, options: ProbeOptions) -> None:
+    """For a (batch, seq_len) output: run the model on one step less (no gradient) and refuse the loss, which took the
+    columns as features, where they are one value per step (they shrink with the sequence) or where that cannot be
+    told (the model refuses the shorter sequence)."""
+    if not loss.columns:
+        return
+    shorter = x.detach().narrow(options.window.seq_axis(x), 0, options.run_len - 1)
+    try:
+        with torch.no_grad():
+            y = _first_tensor(run_forward(model, shorter, options))
+    except GradHealthError:
+        y = None
+    if isinstance(y, torch.Tensor) and y.dim() == 2 and y.shape[1] == options.run_len:
+        return  # features: as many as the steps by chance
+    if isinstance(y, torch.Tensor) and y.dim() == 2 and y.shape[1] == options.run_len - 1:
+        why = "one value per step: on one step less the model returns one column less"
+    else:
+        why = "perhaps one value per step: on one step less the model did not run or returned another shape"
+    raise ModelInterfaceError(
+        f"the model's output has shape {tuple(loss.output.shape)}: as many columns as the {options.run_len} "
+        f"timesteps, {why}, where the default loss would take them as features; pass loss_fn= to put the loss on "
+        "the last step, e.g. loss_fn=lambda y: y[:, -1].sum()"
+    )
+
+
+def check_flattened_order(loss: Loss, last_step: np.ndarray, options: ProbeOptions) -> None:
+    """After the backward pass of a loss on a flattened output: refuse it where some samples got no gradient at
+    their last step and others did, the sign that the rows were flattened in another order than the input's layout
+    (the loss then sits on a few samples' steps, not on every sample's last one). `last_step`: per-sample norms."""
+    if loss.flattened and (last_step == 0).any() and (last_step > 0).any():
+        order = "batch-major (batch * seq)" if options.layout == TIME_BATCH_FEATURE else "time-major (seq * batch)"
+        raise ModelInterfaceError(
+            f"the model's output is flattened to (seq * batch, ...) rows, read in the input's {options.layout_name}, "
+            f"and samples {np.flatnonzero(last_step == 0).tolist()} got no gradient at their last step: its rows are "
+            f"likely {order}. Pass loss_fn= to put the loss on each sample's last step"
+        )

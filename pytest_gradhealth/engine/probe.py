@@ -21,6 +21,8 @@ from pytest_gradhealth.engine import guard, kinds, memory, renormalise
 from pytest_gradhealth.engine.forward import (
     Loss,
     TokenInputsExpected,
+    check_columns,
+    check_flattened_order,
     first_receiver,
     loss_of,
     model_name,
@@ -314,6 +316,8 @@ def _pass(
             loss = loss_of(output, options, [generator], batch)
             grads = _gradients(loss, tap.measured(), model)
         result = tap.result(grads)
+        check_columns(loss, run_model, x, options)
+    check_flattened_order(loss, result.norms[:, -1], options)
     norms, sample_norms = batch_rms(result.norms, result.valid)
     zeros = _zeros(norms, result.subnormal_entries, facts.dtype)
     out_of_range = renormalise.needed(norms, zeros, result.subnormal)

@@ -30,6 +30,7 @@ class EmbeddingTap:
             window = replace(window, layout=BATCH_TIME_FEATURE)
         self.window, self.batch, self.model_name = window, batch, model_name
         self.captured: list[torch.Tensor] = []
+        self.steps: list[int | None] = []  # the timestep each lookup reads, where it is one step's view of the tokens
         self.looked_up = False  # whether the model started a lookup of the probe's tokens (which may have failed)
 
     def attach(self, model: Any, x: torch.Tensor, stack: contextlib.ExitStack) -> torch.Tensor:
@@ -39,6 +40,7 @@ class EmbeddingTap:
             segments.run_in_segments(model, self.window.seq_len, stack)
         lookup = F.embedding
         storage = x.untyped_storage().data_ptr()
+        axis, stride = self.window.time_axis, x.stride(self.window.time_axis)
 
         def capturing(indices: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
             if not isinstance(indices, torch.Tensor) or indices.untyped_storage().data_ptr() != storage:
@@ -47,6 +49,11 @@ class EmbeddingTap:
             output = lookup(indices, *args, **kwargs)
             leaf = output.detach().requires_grad_(True)
             self.captured.append(leaf)
+            # x[:, t] (or x[t] time-major) starts t strides into the tokens: a loop may read them in any order
+            offset = indices.storage_offset() - x.storage_offset()
+            one_step = indices.dim() == x.dim() - 1 and indices.shape[0] == x.shape[1 - axis]
+            one_step = one_step and stride > 0 and offset % stride == 0
+            self.steps.append(offset // stride if one_step else None)
             return leaf
 
         F.embedding = capturing
@@ -68,11 +75,15 @@ class EmbeddingTap:
             raise ModelInterfaceError(
                 f"token inputs need an nn.Embedding (or an F.embedding lookup) of the probe's tokens in the model, "
                 f"where the probe measures the gradient, but {self.model_name} looked none up; give float inputs "
-                "instead, or forward= to call the model the way it reads them"
+                "instead, or forward= to call the model the way it reads them. A model that looks up a copy of its "
+                "tokens (tokens.flip(1), a reordering) cannot be measured at its lookups: measure='hidden' measures "
+                "its recurrent states instead"
             )
         if len(captured) == 1 and captured[0].dim() >= 3 and captured[0].shape[window.time_axis] == window.seq_len:
             return captured
         if len(captured) == window.seq_len and all(c.shape[0] == self.batch for c in captured):
+            if None not in self.steps and sorted(self.steps) == list(range(window.seq_len)):  # type: ignore[type-var]  # each step's own view: in time order, not call order
+                return [c for _, c in sorted(zip(self.steps, captured, strict=True), key=lambda pair: pair[0])]
             return captured
         shapes = [tuple(c.shape) for c in captured]
         raise ModelInterfaceError(
