@@ -6,6 +6,7 @@ import contextlib
 import contextvars
 import copy
 import itertools
+import operator
 from collections.abc import Iterator
 from typing import Any
 
@@ -49,7 +50,7 @@ def guarded(model: Any, mode: str, device: torch.device, seed: int) -> Iterator[
     # Listed afresh at every pass (not from the probe's walk): a forward may have registered a module the pass before.
     modules = list(model.modules()) if isinstance(model, nn.Module) else []
     flags = [m.training for m in modules]
-    tables = [(t, copy.copy(t)) for m in modules for t in (m.__dict__, *(getattr(m, name, None) for name in _TABLES))]
+    tables = [(t, t.copy() if t else None) for d in map(vars, modules) for t in (d, *(d.get(n) for n in _TABLES))]
     # The tensors' values (model.parameters() and buffers, each once however many modules share it)
     own = {id(t): t for m in modules for t in itertools.chain(m._parameters.values(), m._buffers.values())}
     tensors = [_saved(t) for t in own.values() if t is not None]
@@ -89,7 +90,10 @@ def guarded(model: Any, mode: str, device: torch.device, seed: int) -> Iterator[
         for index, state in zip(cuda_devices, rng[1:], strict=False):
             torch.cuda.set_rng_state(state, index)
         for table, saved in tables:  # each module's attributes first (the train flag among them), then its tables
-            if table is not None and (len(table) != len(saved) or _changed(table, saved)):
+            if saved is None:  # empty before
+                if table:
+                    table.clear()
+            elif _changed(table, saved):
                 table.clear()
                 table.update(saved)
         for saved in tensors:
@@ -117,10 +121,10 @@ def _global_states(cuda_devices: list[int]) -> list[torch.Tensor]:
 
 
 def _changed(table: Any, saved: Any) -> bool:
-    """Whether a module's table (a dict, or a set of names) holds other entries than `saved`, by identity."""
+    """Whether a module's table (a dict, or a set of names) holds other entries than `saved` (values by identity)."""
     if isinstance(table, set):
         return table != saved
-    return any(table.get(name, saved) is not value for name, value in saved.items())
+    return table.keys() != saved.keys() or not all(map(operator.is_, table.values(), saved.values()))
 
 
 _Saved = tuple[torch.Tensor, torch.Tensor, bool, torch.Tensor | None, torch.Tensor | None]
