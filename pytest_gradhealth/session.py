@@ -86,8 +86,8 @@ class GradHealthSession:
         )
         outcome = pipeline.run(records, self._state(session, exitstatus))
         self.lines = outcome.lines
-        if outcome.failed and session.exitstatus == pytest.ExitCode.OK:
-            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if outcome.failed and session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED  # also when no test was collected: a CI reads 5 as a pass
         if exitstatus == pytest.ExitCode.INTERNAL_ERROR:  # pytest prints no terminal summary after one
             for line in self.lines:
                 writer.line(line)

@@ -141,6 +141,18 @@ def test_compare_gates_through_the_exit_status(project):
     assert worse.stdout.splitlines()[-1] == "gradhealth: 1 probe(s) regressed past ratio:10x"
 
 
+def test_compare_significant_refuses_single_draws_like_the_plugin(project):
+    report(project / "base.json", {"t::a": 0.9})
+    report(project / "worse.json", {"t::a": 0.1})
+    refused = gradhealth("compare", "base.json", "worse.json", "--fail", "significant", cwd=project)
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert (
+        "gradhealth: error: fail rule significant: base.json: 1 probe(s) it cannot judge, so they would pass whatever "
+        "changed (t::a [lstm]: measured with 1 draw(s); significant needs seeds of at least 7 on both sides); measure "
+        "the baseline and this run with --seeds=8" in refused.stderr
+    )
+
+
 def test_plot_writes_a_figure_per_probe_and_an_overview(project):
     pytest.importorskip("matplotlib", reason='plots need matplotlib: pip install "pytest-gradhealth[plot]"')
     report(project / "r.json", {"t::a": 0.9, "t::b": 0.5})

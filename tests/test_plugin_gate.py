@@ -112,6 +112,29 @@ def test_the_baseline_is_read_when_the_session_starts_not_when_it_ends(suite):
     result.stdout.fnmatch_lines(["gradhealth baseline *base.json: 1 ok, 1 regressed"])
 
 
+def test_a_save_through_a_symbolic_link_writes_its_target_and_keeps_the_link(suite):
+    before = saved(suite, "v1.json")
+    (suite.path / "current.json").symlink_to("v1.json")
+    result = run(suite, "--gradhealth-save=current.json", "--gradhealth-overwrite", fb=1.0)
+    assert result.ret == pytest.ExitCode.OK
+    assert (suite.path / "current.json").is_symlink()
+    assert (suite.path / "v1.json").read_bytes() != before
+
+
+@pytest.mark.parametrize(
+    "args", [["--gradhealth-save=base.json"], ["--gradhealth-compare=base.json", "--gradhealth-create-missing"]]
+)
+def test_a_baseline_never_replaces_a_file_created_while_the_run_went_on(suite, args):
+    suite.makepyfile(test_zz_meanwhile='def test_meanwhile():\n    open("base.json", "w").write("another run")\n')
+    result = run(suite, *args)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        ["gradhealth: could not write *base.json: it exists now, created while this run went on*: failing the session"]
+    )
+    assert (suite.path / "base.json").read_text() == "another run"
+    assert [p.name for p in suite.path.iterdir() if p.name.startswith(".base.json")] == []
+
+
 # -- 2. interrupted, failing, collect-only and empty sessions never write a baseline ----------------------------
 
 INTERRUPTED = """
@@ -182,6 +205,40 @@ def test_save_partial_saves_what_a_failing_session_measured_and_names_what_is_mi
     assert [p["probe"] for p in probes] == ["lstm", "rnn"]
 
 
+@pytest.mark.parametrize("output", ["--gradhealth-json=out", "--gradhealth-markdown=out"])
+def test_no_baseline_is_saved_from_a_run_that_could_not_write_its_other_outputs(suite, output):
+    suite.makepyfile(test_zz_block='import os\n\n\ndef test_block():\n    os.mkdir("out")\n')  # out: a folder now
+    result = run(suite, output, "--gradhealth-save=base.json")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        [
+            "gradhealth: could not write *out: *: failing the session",
+            "gradhealth: baseline not saved to *base.json: *out could not be written: a baseline is saved only from a "
+            "passing run; add --gradhealth-save-partial*",
+        ]
+    )
+    assert not (suite.path / "base.json").exists()
+
+
+@pytest.mark.parametrize("args", [["-k", "lstm"], ["test_suite.py::test_lstm"]])
+def test_a_partial_run_never_replaces_a_baseline_holding_probes_it_did_not_run(suite, xdist, args):
+    before = saved(suite)
+    save = ("--gradhealth-save=base.json", "--gradhealth-overwrite")
+    result = run(suite, *xdist, *args, *save)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        [
+            "gradhealth: baseline not saved to *base.json: it holds probes of 1 test(s) this run did not run: "
+            "test_suite.py::test_rnn; saving would drop them: *add --gradhealth-save-partial*: failing the session"
+        ]
+    )
+    assert (suite.path / "base.json").read_bytes() == before
+    result = run(suite, *xdist, *args, *save, "--gradhealth-save-partial")
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(["gradhealth: note: this baseline is partial (*): *: test_suite.py::test_rnn"])
+    assert [p["probe"] for p in json.loads((suite.path / "base.json").read_text())["probes"]] == ["lstm"]
+
+
 # -- 3. probes compare only when measured the same way ----------------------------------------------------------
 
 
@@ -197,6 +254,14 @@ def test_a_probe_measured_with_other_settings_is_a_named_mismatch_that_fails(sui
             "baseline: failing the session",
         ]
     )
+
+
+def test_a_seeded_baseline_compared_with_single_draws_is_a_mismatch_naming_the_seeds(suite):
+    # two draws of a batch of 4 pool 8 samples: the batch size of a single draw, so only the seeds tell them apart
+    assert run(suite, "--gradhealth-seeds=2", "--gradhealth-batch-size=4", "--gradhealth-save=base.json").ret == 0
+    result = run(suite, *GATE)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*test_lstm [[]lstm[]]*mismatch (seeds 2 -> none: re-save the baseline)*"])
 
 
 # -- 4. a probe a full run no longer produces is removed; one of a test that did not run is not ------------------
@@ -232,6 +297,14 @@ def test_probes_of_skipped_tests_are_not_run_and_pass(suite, xdist):
     result = run(suite, *xdist, *GATE)
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()
     result.stdout.fnmatch_lines(["gradhealth baseline *base.json: 1 not run, 1 ok"])
+
+
+def test_a_gate_that_fails_when_no_test_was_collected_exits_1_not_5(suite, xdist):
+    saved(suite)
+    (suite.path / "test_suite.py").rename(suite.path / "check_suite.py")  # pytest no longer collects it
+    result = run(suite, *xdist, *GATE)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["gradhealth baseline *base.json: 2 removed"])
 
 
 # -- 5. a corrupt or foreign baseline is a one-line usage error before any test runs -------------------------------
@@ -290,6 +363,20 @@ def test_fail_rules_out_of_range_are_refused_with_the_accepted_form(suite, rule)
     result = run(suite, "--gradhealth-compare=base.json", f"--gradhealth-compare-fail={rule}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*--gradhealth-compare-fail: *{rule}*ratio:10x (ratio fell by more than a factor*"])
+
+
+def test_significant_refuses_a_baseline_of_single_draws_before_any_test_runs(suite):
+    saved(suite)
+    result = run(suite, "--gradhealth-compare=base.json", "--gradhealth-compare-fail=significant", fb=0.0)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "*fail rule significant: *base.json: 2 probe(s) it cannot judge, so they would pass whatever changed "
+            "(test_suite.py::test_lstm [[]lstm[]]: measured with 1 draw(s); significant needs seeds of at least 7 on "
+            "both sides); measure the baseline and this run with --gradhealth-seeds=8*"
+        ]
+    )
+    assert "passed" not in result.stdout.str()
 
 
 # -- 7. permissions --------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -10,8 +11,8 @@ import pytest
 
 from pytest_gradhealth import GradientProfile, InvalidArgumentError, ReportFormatError
 from pytest_gradhealth.metrics import METRICS, Metric
-from pytest_gradhealth.report.baseline import compare
-from pytest_gradhealth.report.export import build_report, load_report, write_json
+from pytest_gradhealth.report.baseline import SETTINGS, compare, settings_mismatch
+from pytest_gradhealth.report.export import build_report, load_report, write_json, write_text
 from pytest_gradhealth.report.gate import FailRule, parse_fail_rule
 from pytest_gradhealth.report.markdown import render_markdown
 from pytest_gradhealth.report.records import ProbeRecord, worst_first
@@ -85,6 +86,19 @@ def test_comparison_matches_by_test_and_probe_and_flags_regressions():
     assert "regressed (ratio:10x)" in lines[3]
 
 
+def test_every_compared_setting_is_a_field_the_profile_records():
+    fields = {f.name for f in dataclasses.fields(GradientProfile)}
+    assert set(SETTINGS) <= fields, set(SETTINGS) - fields  # a setting no profile records is never compared
+
+
+def test_seeds_that_differ_are_a_mismatch_named_before_the_pooled_batch_size():
+    single = dataclasses.replace(record("t::a", 0.9).profile, batch_size=8)
+    seeded = dataclasses.replace(single, seeds=8, batch_size=64)
+    assert settings_mismatch(seeded, single) == ["seeds 8 -> none", "batch_size 64 -> 8"]
+    assert settings_mismatch(single, dataclasses.replace(single, seeds=8)) == ["seeds none -> 8"]
+    assert settings_mismatch(single, single) == []
+
+
 def test_table_is_sorted_worst_first_quiet_keeps_compact_rows_and_very_quiet_lists_only_problems():
     records = [record("t::good", 0.99), record("t::bad", 0.1, verdict="vanishing"), record("t::nan", 0.5)]
     records[2].verdict = "non-finite"
@@ -124,6 +138,15 @@ def test_report_round_trip_and_atomic_write(tmp_path):
         write_json(path, {"x": object()})
     assert json.loads(path.read_text())["tool"] == "pytest-gradhealth"
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_a_write_that_may_not_replace_leaves_an_existing_file_and_no_temporary_file(tmp_path):
+    path = tmp_path / "base.json"
+    write_text(path, "first", replace=False)
+    with pytest.raises(FileExistsError):
+        write_text(path, "second", replace=False)
+    assert path.read_text() == "first"
+    assert [p.name for p in tmp_path.iterdir()] == ["base.json"]
 
 
 @pytest.mark.parametrize(

@@ -67,6 +67,27 @@ def test_the_comparison_names_the_rule_a_regression_broke():
     assert [(row.status, row.reason) for row in rows] == [("regressed", "significant")]
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the NaN model's norms
+def test_a_gradient_that_turns_non_finite_is_a_significant_regression():
+    significant = SignificantRule()
+    baseline, broken = seeded(lstm_factory(2.0)), seeded(lstm_factory(math.nan))
+    assert baseline.finite and not broken.finite
+    assert significant.broken_by(baseline, broken)
+    assert not significant.broken_by(broken, baseline)  # a non-finite baseline: nothing to regress from
+
+
+def test_significant_says_it_cannot_judge_fewer_than_seven_seeds():
+    significant = SignificantRule()
+    assert significant.min_seeds == 7
+    one_draw = probe(lstm_factory(2.0)(), SEQ_LEN)
+    assert (
+        significant.cannot_judge(one_draw)
+        == "measured with 1 draw(s); significant needs seeds of at least 7 on both sides"
+    )
+    assert significant.cannot_judge(seeded(lstm_factory(2.0))) == ""
+    assert parse_fail_rule("ratio:10x").cannot_judge(one_draw) == ""
+
+
 def test_parse_reads_significant_in_any_case():
     rule = parse_fail_rule(" Significant ")
     assert isinstance(rule, SignificantRule) and str(rule) == "significant" and rule.metric == "lyapunov"

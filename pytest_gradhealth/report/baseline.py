@@ -15,9 +15,10 @@ from pytest_gradhealth.profile import GradientProfile
 from pytest_gradhealth.report.gate import FailRule
 from pytest_gradhealth.report.records import ProbeRecord
 
-# what must match between a probe and its baseline for their figures to be comparable; a field a profile does not
-# carry (an older or newer version's) is not compared
-SETTINGS = ("seq_len", "measure", "dtype", "batch_size", "seed", "mode", "inputs", "layer", "module", "warmup", "seeds")
+# what must match between a probe and its baseline for their figures to be comparable, each a `GradientProfile` field;
+# None on either side (a version that did not record it) is not compared, except for seeds, where None is one draw.
+# seeds comes before batch_size: a seeded profile pools seeds x the batch, and the message names the seeds first
+SETTINGS = ("seq_len", "measure", "dtype", "seeds", "batch_size", "seed", "mode", "inputs", "layer", "warmup")
 # statuses, in the order a report lists them; FAILING ones fail the gate
 STATUSES = ("regressed", "mismatch", "removed", "new", "not run", "ok")
 FAILING = ("regressed", "mismatch", "removed")
@@ -102,12 +103,12 @@ class Comparison:
 
 
 def settings_mismatch(old: GradientProfile, new: GradientProfile) -> list[str]:
-    """The settings measured differently, as "name old -> new"."""
+    """The settings measured differently, as "name old -> new" ("seeds 8 -> none": a single draw now)."""
     result = []
     for name in SETTINGS:
         a, b = getattr(old, name, None), getattr(new, name, None)
-        if a is not None and b is not None and a != b:
-            result.append(f"{name} {a} -> {b}")
+        if a != b and (name == "seeds" or (a is not None and b is not None)):
+            result.append(f"{name} {'none' if a is None else a} -> {'none' if b is None else b}")
     return result
 
 

@@ -87,17 +87,18 @@ def build_report(
     return report
 
 
-def write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Any, *, replace: bool = True) -> None:
     """Write `data` as strict JSON to `path`, atomically (see `write_text`)."""
-    write_text(path, json.dumps(data, indent=1, allow_nan=False) + "\n")
+    write_text(path, json.dumps(data, indent=1, allow_nan=False) + "\n", replace=replace)
 
 
-def write_text(path: Path, content: str) -> None:
-    """Write `content` to `path` atomically: a temporary file in the same folder, synced, then renamed over the target.
+def write_text(path: Path, content: str, *, replace: bool = True) -> None:
+    """Write `content` to `path` atomically: a temporary file in the same folder, synced, then renamed over the target
+    or, unless `replace`, linked to a name that must not exist yet (`FileExistsError` when it does).
 
-    The file gets the mode a new file gets under the umask (0644 under umask 022), or keeps the mode of the file it
-    replaces."""
-    path = Path(path)
+    A symbolic link at `path` stays: its target is written. The file gets the mode a new file gets under the umask
+    (0644 under umask 022), or keeps the mode of the file it replaces."""
+    path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = _mode_for(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -107,10 +108,23 @@ def write_text(path: Path, content: str) -> None:
             handle.flush()
             os.fchmod(handle.fileno(), mode)
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        if replace:
+            os.replace(tmp, path)
+        else:
+            _create(tmp, path)
+    finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def _create(tmp: str, path: Path) -> None:
+    """Give the written file `tmp` the name `path`, which must not exist: a hard link fails atomically if it does."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
         raise
+    except OSError:  # a file system without hard links: claim the name first, then move the content onto it
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+        os.replace(tmp, path)
 
 
 def _mode_for(path: Path) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from dataclasses import dataclass
@@ -38,19 +39,25 @@ class FailRule:
         metric = METRICS[self.metric]
         return self.regressed(metric.gated(old), metric.gated(new))
 
+    def cannot_judge(self, profile: GradientProfile) -> str:
+        """Why the rule can never fire on a probe measured like the baseline `profile`; empty when it can."""
+        return ""
+
 
 SIGNIFICANT = "significant"
 # calibrated by benchmarks/significant_gate.py (docs/science.md): the Lyapunov exponent must fall by more than this
 # many nats per step (0.5% of the per-step factor), and the per-seed values must separate with chance <= 0.001
 SIGNIFICANT_MIN_EFFECT = 0.005
 SIGNIFICANT_ALPHA = 0.001
+SIGNIFICANT_SEEDS = 8  # the seeds the calibration used, recommended to those who have too few
 
 
 @dataclass(frozen=True)
 class SignificantRule(FailRule):
     """`significant`: the Lyapunov exponent fell beyond what the seed spread explains (every new seed's value below
     every old seed's, a chance of 1 / C(n + m, n) <= `alpha` for a neutral change) and by more than `amount`.
-    Needs seeds= on both sides (7 and 7 at least); a single draw never fails it."""
+    Needs seeds= on both sides (7 and 7 at least): `cannot_judge` says when a baseline probe has fewer. A gradient
+    that turns non-finite where the baseline's was finite breaks it too."""
 
     metric: str = "lyapunov"
     amount: float = SIGNIFICANT_MIN_EFFECT
@@ -63,9 +70,24 @@ class SignificantRule(FailRule):
     def broken_by(self, old: GradientProfile, new: GradientProfile) -> bool:
         from pytest_gradhealth.intervals import significantly_worse  # numpy: never on the plugin's import path
 
+        if old.finite and not new.finite:
+            return True
         metric = METRICS[self.metric]
         per_seed = [[metric.gated(p) for p in profile.seed_profiles or [profile]] for profile in (old, new)]
         return significantly_worse(*per_seed, metric.worse, self.amount, self.alpha)
+
+    @property
+    def min_seeds(self) -> int:
+        """The fewest seeds on each side whose every-value-below ordering is rare enough to fail: 7 at 0.001."""
+        from pytest_gradhealth.intervals import separation_chance
+
+        return next(n for n in itertools.count(1) if separation_chance(n, n) <= self.alpha)
+
+    def cannot_judge(self, profile: GradientProfile) -> str:
+        draws = len(profile.seed_profiles or [profile])
+        if draws >= self.min_seeds:
+            return ""
+        return f"measured with {draws} draw(s); {self} needs seeds of at least {self.min_seeds} on both sides"
 
 
 def describe(rule: FailRule) -> str:

@@ -8,17 +8,18 @@ Pure Python: the plugin imports this on every pytest run.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_gradhealth.errors import InvalidArgumentError
 from pytest_gradhealth.report import PLOT_FORMATS
-from pytest_gradhealth.report.gate import FailRule, parse_fail_rule
+from pytest_gradhealth.report.gate import SIGNIFICANT_SEEDS, FailRule, parse_fail_rule
 
 if TYPE_CHECKING:
     from pytest_gradhealth.report.export import Report
+    from pytest_gradhealth.report.records import ProbeRecord
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,8 @@ OPTIONS = (
     Option("overwrite", "allow {save} to replace an existing baseline", FLAG),
     Option(
         "save-partial",
-        "with {save}: save what a failing session measured (never an interrupted one), saying what is missing",
+        "with {save}: save what a failing session, or one that did not run every test of the baseline it replaces, "
+        "measured (never an interrupted one), saying what is missing",
         FLAG,
     ),
     Option("compare", "compare the profiles with the baseline at PATH", {"metavar": "PATH"}),
@@ -174,11 +176,27 @@ class ReportOptions:
             from pytest_gradhealth.report.export import load_report
 
             self.baseline = load_report(baseline)  # once, now: never re-read after the run wrote files
+            self._check_rules_judge(baseline, self.baseline.records)
         elif not self.create_missing:
             raise InvalidArgumentError(
                 f"{self.flag('compare')}: baseline {baseline} does not exist; create it with "
                 f"{self.flag('save')}={shown(baseline)}, or add {self.flag('create-missing')} to write it from this run"
             )
+
+    def _check_rules_judge(self, baseline: Path, records: Sequence[ProbeRecord]) -> None:
+        """Refuse a fail rule that could never fire on some baseline probe: those probes would pass whatever changed."""
+        from pytest_gradhealth.report.text import printable
+
+        for rule in self.fail_rules:
+            unjudged = [(r.key, why) for r in records if (why := rule.cannot_judge(r.profile))]
+            if unjudged:
+                key, why = unjudged[0]
+                raise InvalidArgumentError(
+                    f"fail rule {rule}: {baseline}: {len(unjudged)} probe(s) it cannot judge, so they would pass "
+                    f"whatever changed ({printable(key)}: {why}); measure the baseline and this run with "
+                    f"{self.flag('seeds')}={SIGNIFICANT_SEEDS} (and re-save the baseline), or gate single draws with "
+                    "ratio:10x, half_life:20% or horizon:5"
+                )
 
 
 def shown(path: Path) -> str:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pytest_gradhealth.errors import ReportFormatError
 from pytest_gradhealth.report import export, text
 from pytest_gradhealth.report.baseline import Comparison, Scope, compare
 from pytest_gradhealth.report.markdown import render_markdown
@@ -51,6 +52,7 @@ class Pipeline:
     color: bool = False
     failing: str = ""
     outcome: Outcome = field(default_factory=Outcome)
+    unwritten: str = field(default="", init=False)  # an output that could not be written: no baseline is saved
 
     def run(self, records: Sequence[ProbeRecord], state: RunState, references: Sequence[ProbeRecord] = ()) -> Outcome:
         """Every output asked for; `references` are shown unless the options ask to measure them afresh."""
@@ -70,15 +72,11 @@ class Pipeline:
             self._write(options.json_path, report, "report written to")
         rows = self._compare(records, state)
         gate_failed = any(row.failed for row in rows or ())
-        for path, done in self._baselines():
-            refused = self._refusal(path, records, state, gate_failed)
-            if refused:
-                lines.append(f"gradhealth: baseline not saved to {path}: {refused}")
-            elif self._write(path, report, done) and (state.failed or gate_failed):
-                lines.append(self._partial_note(state))
         if options.markdown_path:
             markdown = render_markdown(records, rows, str(options.compare_path) if rows is not None else None)
             self._write(options.markdown_path, "\n".join(markdown) + "\n", "Markdown summary written to")
+        for path, done, replace in self._baselines():  # last: after every output that may fail the run
+            self._save(path, done, replace, report, records, state, gate_failed)
         if options.plots_dir:
             lines.append(self._plots(records, references, options.plots_dir))
         return self.outcome
@@ -97,17 +95,52 @@ class Pipeline:
             self.outcome.failed = True
         return rows
 
-    def _baselines(self) -> list[tuple[Path, str]]:
-        """The baselines to write: the one --create-missing asked for, and the one --save asked for."""
+    def _baselines(self) -> list[tuple[Path, str, bool]]:
+        """The baselines to write, each with whether it may replace a file: the one --create-missing asked for
+        (never: it did not exist when the run started), and the one --save asked for."""
         options, targets = self.options, []
         if options.compare_path and options.baseline is None:  # missing, and create-missing was given
-            targets.append((options.compare_path, "baseline did not exist, written from this run to"))
+            targets.append((options.compare_path, "baseline did not exist, written from this run to", False))
         if options.save_path:
-            targets.append((options.save_path, "baseline saved to"))
+            targets.append((options.save_path, "baseline saved to", options.overwrite))
         return targets
 
-    def _refusal(self, path: Path, records: Sequence[ProbeRecord], state: RunState, gate_failed: bool) -> str:
-        """Why no baseline may be written to `path` from this run; empty when it may."""
+    def _save(
+        self,
+        path: Path,
+        done: str,
+        replace: bool,
+        report: dict[str, Any],
+        records: Sequence[ProbeRecord],
+        state: RunState,
+        gate_failed: bool,
+    ) -> None:
+        """Write the baseline `path` unless this run may not (`_refusal`); replacing one whose probes of tests this
+        run did not run would be lost is refused too, and fails the run, unless --save-partial."""
+        failed = state.failed or ("the gate failed" if gate_failed else "") or self.unwritten
+        refused = self._refusal(path, records, state, gate_failed, failed)
+        dropped = [] if refused or not replace else self._dropped(path, records, state)
+        if dropped and not self.options.save_partial:
+            refused = (
+                f"it holds probes of {len(dropped)} test(s) this run did not run{_listed(dropped)}; saving would drop "
+                f"them: run every test, or add {self.options.flag('save-partial')} to save only what was measured"
+                f"{self.failing}"
+            )
+            self.outcome.failed = True
+        if refused:
+            self.outcome.lines.append(f"gradhealth: baseline not saved to {path}: {refused}")
+        elif self._write(path, report, done, replace=replace) and (failed or dropped):
+            missing = sorted({*map(text.printable, state.missing), *dropped})
+            self.outcome.lines.append(
+                f"gradhealth: note: this baseline is partial ({failed or 'a part of the suite ran'}): probes of "
+                f"{len(missing)} test(s) that failed or did not run are missing and will show as new later"
+                f"{_listed(missing)}"
+            )
+
+    def _refusal(
+        self, path: Path, records: Sequence[ProbeRecord], state: RunState, gate_failed: bool, failed: str
+    ) -> str:
+        """Why no baseline may be written to `path` from this run (`failed`: why the run failed); empty when it may."""
         options = self.options
         if state.collect_only:
             return "--collect-only runs no test"
@@ -115,34 +148,44 @@ class Pipeline:
             return f"the session was {state.interrupted}: an interrupted run never replaces a baseline"
         if gate_failed and options.compare_path and same_file(path, options.compare_path):
             return "the gate failed against it: a failing gate never rewrites the baseline it failed against"
-        if (state.failed or gate_failed) and not options.save_partial:
-            why = state.failed or "the gate failed"
+        if failed and not options.save_partial:
             return (
-                f"{why}: a baseline is saved only from a passing run; add {options.flag('save-partial')} to save "
+                f"{failed}: a baseline is saved only from a passing run; add {options.flag('save-partial')} to save "
                 "what was measured"
             )
         if not records:
             return "no probe was measured: a baseline with no probes is never written"
         return ""
 
-    def _partial_note(self, state: RunState) -> str:
-        missing = [text.printable(test) for test in state.missing]
-        listed = f": {', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}" if missing else ""
-        return (
-            f"gradhealth: note: this baseline is partial ({state.failed or 'the gate failed'}): probes of "
-            f"{len(missing)} test(s) that failed or did not run are missing and will show as new later{listed}"
-        )
+    @staticmethod
+    def _dropped(path: Path, records: Sequence[ProbeRecord], state: RunState) -> list[str]:
+        """The tests whose probes the baseline at `path` holds and this run did not run (deselected, skipped, not
+        reached), which replacing it would drop; none when `path` holds no readable report."""
+        try:
+            old = export.load_report(path)
+        except ReportFormatError:
+            return []
+        rows = compare(old.records, records, [], state.scope, state.exists)
+        return sorted({text.printable(row.old.test) for row in rows if row.old and row.status == "not run"})
 
-    def _write(self, path: Path, data: Any, done: str) -> bool:
-        """Write a file; a failure becomes a line of the summary and a failed run, never a traceback."""
+    def _write(self, path: Path, data: Any, done: str, *, replace: bool = True) -> bool:
+        """Write a file, over an existing one only if `replace`; a failure becomes a line of the summary and a failed
+        run, never a traceback."""
         try:
             if isinstance(data, str):
-                export.write_text(path, data)
+                export.write_text(path, data, replace=replace)
             else:
-                export.write_json(path, data)
+                export.write_json(path, data, replace=replace)
         except OSError as exc:
-            self.outcome.lines.append(f"gradhealth: could not write {path}: {exc.strerror or exc}{self.failing}")
+            why = exc.strerror or str(exc)
+            if isinstance(exc, FileExistsError) and not replace:
+                why = (
+                    "it exists now, created while this run went on, and is not replaced (only "
+                    f"{self.options.flag('save')} with {self.options.flag('overwrite')} replaces a file)"
+                )
+            self.outcome.lines.append(f"gradhealth: could not write {path}: {why}{self.failing}")
             self.outcome.failed = True
+            self.unwritten = self.unwritten or f"{path} could not be written"
             return False
         self.outcome.lines.append(f"gradhealth: {done} {path}")
         return True
@@ -158,3 +201,8 @@ class Pipeline:
         if not files:
             return f"gradhealth: no probes were measured: no plots written to {folder}"
         return f"gradhealth: {len(files)} plots written to {folder} (one per probe and an overview)"
+
+
+def _listed(items: Sequence[str]) -> str:
+    """The items after a colon, five at most (": a, b, ..."); empty for none."""
+    return f": {', '.join(items[:5])}{', ...' if len(items) > 5 else ''}" if items else ""
