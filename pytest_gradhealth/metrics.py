@@ -67,6 +67,7 @@ class Metric:
     example: str = ""  # a fail rule for help texts, e.g. ratio:10x
     unit_note: str = ""  # why some units are refused, when they are
     column: bool = True  # shown in the report table
+    compared: bool = True  # a column of the baseline comparison, when gated (else only its rule's failures show it)
     narrow: bool = True  # kept when the table must fit a narrow terminal
     in_summary: bool = False  # in the "rate ..., half-life ..., horizon ..." line of failure messages
     log_scale: bool = False  # compared as a change in log10 (it spans orders of magnitude)
@@ -162,7 +163,18 @@ METRICS: dict[str, Metric] = {
             unit_note="an exponent is a log factor per step, give the change allowed in it such as lyapunov:0.005",
             column=False,  # not yet a table column: the table's layout is pinned by the report's tests
         ),
-        Metric("peak_ratio", "peak", peak_ratio, "largest norm / last step's = {:.3g}", worse="higher", column=False),
+        Metric(
+            "peak_ratio",
+            "peak",
+            peak_ratio,
+            "largest norm / last step's = {:.3g}",
+            worse="higher",
+            units=("x",),  # the rule that catches a change that makes the gradient explode
+            example="peak_ratio:10x",
+            unit_note="a peak ratio is a factor, give the growth allowed in it such as peak_ratio:10x",
+            column=False,
+            compared=False,
+        ),
     )
 }
 

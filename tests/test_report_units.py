@@ -184,3 +184,14 @@ def test_markdown_without_a_baseline_lists_every_probe_worst_first():
     table = lines[lines.index("### Probes") + 2 :]
     assert table[0].startswith("| test | probe | seq_len | ratio |") and table[1].startswith("|---|")
     assert table[2].startswith("| t::bad\\|x | m | 11 |") and "| vanishing |" in table[2]
+
+
+def test_a_change_that_makes_the_gradient_explode_fails_peak_ratio():
+    """Every other rule reads only a fall; a gradient that grows backwards in time is caught by
+    peak_ratio:10x (peak 1 -> 1024), and a change whose peak grows less (1 -> 6.2) is not."""
+    healthy, exploding, better = record("t::a", 0.9), record("t::a", 2.0), record("t::a", 1.2)
+    rule = parse_fail_rule("peak_ratio:10x")
+    assert str(rule) == "peak_ratio:10x"
+    assert [r.status for r in compare([healthy], [exploding], [rule])] == ["regressed"]
+    assert [r.status for r in compare([healthy], [better], [rule])] == ["ok"]
+    assert [r.status for r in compare([healthy], [exploding], [parse_fail_rule("ratio:10x")])] == ["ok"]

@@ -142,13 +142,14 @@ def render_comparison(rows: Sequence[Comparison], baseline: str, *, width: int =
     counts = Counter(row.status for row in rows)
     lines = [f"gradhealth baseline {printable(baseline)}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))]
     headers = ["probe"]
-    for m in gated():
+    shown = [m for m in gated() if m.compared]
+    for m in shown:
         headers += [f"old {m.label}", f"new {m.label}", "Δlog10"] if m.log_scale else [m.label]
     headers.append("status")
     table = []
     for row in sorted(rows, key=lambda r: (STATUSES.index(r.status), r.key)):
         cells = [printable(row.key)]
-        for m in gated():
+        for m in shown:
             cells += _change(m, row)
         cells.append(paint(status_text(row), "vanishing" if row.failed else "ok", color))
         table.append({"test": cells[0], **dict(zip(headers, cells, strict=True))})
