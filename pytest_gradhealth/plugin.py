@@ -12,7 +12,7 @@ import pytest
 
 from pytest_gradhealth.errors import InvalidArgumentError, ReportFormatError
 from pytest_gradhealth.report.options import ReportOptions, add_report_options
-from pytest_gradhealth.session import RECORD_NAME, GradHealthSession
+from pytest_gradhealth.session import RECORD_NAME, GradHealthSession, WorkerDeselections
 from pytest_gradhealth.settings import HELP, MARKER_OPTIONS, Settings
 
 if TYPE_CHECKING:
@@ -56,6 +56,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SETTINGS_KEY] = settings
     if not hasattr(config, "workerinput"):
         config.pluginmanager.register(GradHealthSession(config, report_options, settings), "gradhealth-session")
+    else:
+        config.pluginmanager.register(WorkerDeselections(config), "gradhealth-worker-deselections")
 
 
 def _item_settings(item: pytest.Item) -> Settings:

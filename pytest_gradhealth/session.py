@@ -58,6 +58,12 @@ class GradHealthSession:
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
         self.collected.update(ids)  # under xdist the workers collect; the controller hears their ids
 
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        """An xdist worker that deselected tests (a conftest's pytest_deselected) says so when it goes down: the
+        controller hears only the ids that remain, and would read the deselected tests' probes as removed."""
+        self.deselected = self.deselected or bool(getattr(node, "workeroutput", {}).get(WORKER_DESELECTED))
+
     @pytest.hookimpl
     def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
         self.interrupted = f"interrupted ({excinfo.typename})"
@@ -132,3 +138,18 @@ class GradHealthSession:
         terminalreporter.section("gradient health")
         for line in self.lines:
             terminalreporter.write_line(line)
+
+
+WORKER_DESELECTED = "gradhealth_deselected"
+
+
+class WorkerDeselections:
+    """On an xdist worker: notes in its output to the controller that it deselected tests."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+
+    @pytest.hookimpl
+    def pytest_deselected(self, items: list[pytest.Item]) -> None:
+        if items:
+            self.config.workeroutput[WORKER_DESELECTED] = True  # type: ignore[attr-defined]

@@ -463,3 +463,20 @@ def test_the_cli_compare_follows_the_plugins_rules_and_writes_markdown(suite):
     assert result.returncode == 1, result.stderr
     assert "mismatch (seq_len 12 -> 8: re-save the baseline)" in result.stdout
     assert "the gate **fails**" in Path(suite.path, "s.md").read_text()
+
+
+def test_tests_a_conftest_deselects_are_not_run_with_or_without_xdist(suite, xdist):
+    """A conftest that drops tests and says so (pytest_deselected): under xdist the workers deselect, and the
+    controller hears it from them, or it would read the dropped test's probes as removed."""
+    saved(suite)
+    suite.makeconftest(
+        """
+def pytest_collection_modifyitems(config, items):
+    dropped = [item for item in items if item.name == "test_rnn"]
+    config.hook.pytest_deselected(items=dropped)
+    items[:] = [item for item in items if item not in dropped]
+"""
+    )
+    result = run(suite, *xdist, *GATE)
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(["gradhealth baseline *base.json: 1 not run, 1 ok"])
