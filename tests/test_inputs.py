@@ -99,3 +99,29 @@ def test_custom_loss_fn_replaces_the_projection(batch_first):
     rnn = nn.RNN(3, 4, batch_first=batch_first)
     profile = probe(rnn, 6, batch_first=batch_first, loss_fn=lambda out: out[0].pow(2).sum())
     assert profile.norms.shape == (6,)
+
+
+class PositionsFirst(nn.Module):
+    """A GPT-style token model whose position table is registered before its token table."""
+
+    def __init__(self, vocab: int, max_len: int) -> None:
+        super().__init__()
+        self.positions = nn.Embedding(max_len, 8)
+        self.tokens = nn.Embedding(vocab, 8)
+        self.rnn = nn.GRU(8, 8, batch_first=True)
+
+    def forward(self, idx):
+        return self.rnn(self.tokens(idx) + self.positions(torch.arange(idx.shape[1])))[0]
+
+
+@pytest.mark.parametrize(("vocab", "max_len"), [(50, 32), (20, 128)])
+def test_tokens_are_drawn_from_the_table_that_looks_them_up(vocab, max_len):
+    """Inferred from the first embedding, the vocabulary was the positions' (tokens from too few, or an index error):
+    the pass that finds the tokens' own table draws again from its size."""
+    torch.manual_seed(0)
+    model = PositionsFirst(vocab, max_len).eval()
+    profile = probe(model, 12)
+    assert profile.inputs == "tokens"
+    np.testing.assert_array_equal(profile.norms, probe(model, 12, vocab_size=vocab).norms)  # as if it were given
+    together = probe(model, 12, seeds=2)  # seed by seed: the batched pass would draw before finding the table
+    np.testing.assert_array_equal(together.seed_profiles[1].norms, probe(model, 12, seed=1).norms)

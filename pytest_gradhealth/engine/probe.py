@@ -215,6 +215,10 @@ def _measure_profile(model: nn.Module | Callable[..., Any], options: ProbeOption
         options = replace(options, vocab_size=kinds.kind_of(embedding).vocab_size(embedding))  # type: ignore[union-attr]
         facts = model_facts(model, options)
         profile = _measure(model, options, facts)
+    except _VocabularyFound as found:
+        # The tokens' lookup is not the embedding registered first (positions, say): draw from its vocabulary.
+        options = replace(options, vocab_size=found.vocab_size)
+        profile = _measure(model, options, model_facts(model, options))
     except _InputSizeFound as found:
         # The first module the input reaches is not the one registered first: its input size is the one to draw.
         options = replace(options, input_size=found.input_size)
@@ -309,8 +313,10 @@ def _pass(
             except GradHealthError as exc:
                 if isinstance(tap, EmbeddingTap) and not tap.looked_up and kinds.embedding_of(run_model) is None:
                     tap.measured()  # the error that says no lookup read the probe's tokens
+                _raise_if_another_vocabulary(tap, facts, options, exc)
                 _raise_if_another_input_size(received, facts, exc)
                 raise
+            _raise_if_another_vocabulary(tap, facts, options)
             if renormaliser is not None:
                 renormaliser.check_ran(x)
             loss = loss_of(output, options, [generator], batch)
@@ -405,6 +411,26 @@ class _InputSizeFound(Exception):
     def __init__(self, input_size: int) -> None:
         super().__init__(input_size)
         self.input_size = input_size
+
+
+class _VocabularyFound(Exception):
+    """The probe's tokens were looked up in a table of another size than the vocabulary they were drawn from."""
+
+    def __init__(self, vocab_size: int) -> None:
+        super().__init__(vocab_size)
+        self.vocab_size = vocab_size
+
+
+def _raise_if_another_vocabulary(
+    tap: Tap, facts: ModelFacts, options: ProbeOptions, exc: Exception | None = None
+) -> None:
+    """Where the vocabulary was read from the model (not given), and the tables that looked the tokens up have
+    another number of rows (the fewest of them: every token must be valid in each), draw again from that."""
+    drawn = options.inputs is None and options.input_fn is None
+    if options.vocab_size is not None or not drawn or not isinstance(tap, EmbeddingTap) or tap.vocab_size is None:
+        return
+    if tap.vocab_size != facts.vocab_size:
+        raise _VocabularyFound(tap.vocab_size) from exc
 
 
 def _takes_features(module: nn.Module) -> bool:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pytest_gradhealth.engine import guard
+from pytest_gradhealth.engine import guard, kinds
 from pytest_gradhealth.engine.factories import build, is_factory
 from pytest_gradhealth.engine.forward import Loss, loss_of
 from pytest_gradhealth.engine.options import ProbeOptions
@@ -80,7 +80,16 @@ def batchable(model: Any, options: ProbeOptions) -> bool:
         and options.lengths is None
         and options.forward is None
         and not options.contributions
+        and _one_vocabulary(model, options)
     )
+
+
+def _one_vocabulary(model: nn.Module, options: ProbeOptions) -> bool:
+    """Whether tokens, if drawn, come from one vocabulary known before the pass: given, or the model's embeddings all
+    of one size. Else a one-seed pass finds the table that looks the tokens up and draws again from its size, which
+    the batched pass, drawing every seed's tokens first, cannot."""
+    sizes = {kind.vocab_size(m) for _, m, kind in kinds.contained(model, "embedding") if kind.vocab_size}
+    return options.vocab_size is not None or len(sizes) <= 1
 
 
 def batched(model: Any, options: ProbeOptions, measure: Measure, draw: Draw) -> list[GradientProfile] | None:

@@ -32,6 +32,7 @@ class EmbeddingTap:
         self.captured: list[torch.Tensor] = []
         self.steps: list[int | None] = []  # the timestep each lookup reads, where it is one step's view of the tokens
         self.looked_up = False  # whether the model started a lookup of the probe's tokens (which may have failed)
+        self.vocab_size: int | None = None  # the fewest rows of a table that looked the probe's tokens up
 
     def attach(self, model: Any, x: torch.Tensor, stack: contextlib.ExitStack) -> torch.Tensor:
         if (
@@ -46,6 +47,10 @@ class EmbeddingTap:
             if not isinstance(indices, torch.Tensor) or indices.untyped_storage().data_ptr() != storage:
                 return lookup(indices, *args, **kwargs)  # another lookup (positions, a decoder's own tokens)
             self.looked_up = True
+            weight = args[0] if args else kwargs.get("weight")
+            if isinstance(weight, torch.Tensor) and weight.dim() == 2:
+                rows = int(weight.shape[0])
+                self.vocab_size = rows if self.vocab_size is None else min(self.vocab_size, rows)
             output = lookup(indices, *args, **kwargs)
             leaf = output.detach().requires_grad_(True)
             self.captured.append(leaf)
