@@ -480,3 +480,10 @@ def pytest_collection_modifyitems(config, items):
     result = run(suite, *xdist, *GATE)
     assert result.ret == 0, result.stdout.str()
     result.stdout.fnmatch_lines(["gradhealth baseline *base.json: 1 not run, 1 ok"])
+
+
+def test_create_missing_and_save_to_the_same_missing_file_write_it_once(suite):
+    result = run(suite, *GATE, "--gradhealth-create-missing", "--gradhealth-save=base.json")
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(["gradhealth: baseline did not exist, written from this run to *base.json"])
+    assert "could not write" not in result.stdout.str()

@@ -184,11 +184,13 @@ class Loss:
 
     output: torch.Tensor
     direction: torch.Tensor | None = None
-    # The output was (seq * batch, ...) rows, unflattened in the input's layout: an order the probe checks after the
-    # backward pass (`check_flattened_order`).
-    flattened: bool = False
-    # The output was (batch, seq): one value per step, or as many features as steps (`check_columns` tells).
-    columns: bool = False
+    # The model's output as (seq * batch, ...) rows, unflattened in the input's layout: an order the probe checks
+    # where some samples get no gradient at their last step (`flattened_in_the_other_order`).
+    rows: torch.Tensor | None = None
+    # The model's output shape, and an axis of it as long as the sequence that the input's layout does not read as
+    # time (a (batch, seq) output's columns, a (batch, vocab, seq) output's last axis): `check_time_axis` tells.
+    shape: tuple[int, ...] = ()
+    suspect: int | None = None
 
 
 def loss_of(output: Any, options: ProbeOptions, generators: Sequence[torch.Generator], batch: int) -> Loss:
@@ -216,13 +218,12 @@ def loss_of(output: Any, options: ProbeOptions, generators: Sequence[torch.Gener
             f"the model's output is a {y.dtype} tensor, which carries no gradient; return the floating output "
             "(logits, hidden states) or pass loss_fn="
         )
-    flattened = y.dim() == 2 and y.shape[0] == options.run_len * batch and options.layout != BATCH_FEATURE_TIME
-    if flattened:  # a language model's output flattened to (seq * batch, vocab) for its cross-entropy
+    rows = None
+    if y.dim() == 2 and y.shape[0] == options.run_len * batch and options.layout != BATCH_FEATURE_TIME:
+        rows = y  # a language model's output flattened to (seq * batch, vocab) for its cross-entropy
         outer = (options.run_len, batch) if options.layout == TIME_BATCH_FEATURE else (batch, options.run_len)
         y = y.reshape(*outer, -1)
-    columns = y.dim() == 2 and y.shape[0] == batch and y.shape[1] == options.run_len
-    if y.dim() >= 3:
-        _check_time_axis(y, options)
+    shape, suspect = tuple(y.shape), None if rows is not None else _suspect_axis(y, options, batch)
     if y.dim() < 2:
         raise ModelInterfaceError(
             f"the model's output has shape {tuple(y.shape)}: no time step to take. Expected {options.layout_name} "
@@ -244,62 +245,77 @@ def loss_of(output: Any, options: ProbeOptions, generators: Sequence[torch.Gener
         v = torch.randn(y.shape[1], generator=generator, dtype=torch.float64)
         vs.append((v / torch.linalg.vector_norm(v)).to(dtype=y.dtype, device=y.device))  # not Tensor.norm: 20 us
     if len(vs) == 1:  # contiguous, as the loss's own backward would hand it on (a custom backward may view it)
-        return Loss(y, vs[0].expand(y.shape).contiguous(), flattened, columns)
-    rows = batch // len(vs)
-    return Loss(y, torch.stack(vs)[:, None].expand(len(vs), rows, y.shape[1]).reshape(y.shape), flattened, columns)
+        direction = vs[0].expand(y.shape).contiguous()
+    else:
+        block = batch // len(vs)
+        direction = torch.stack(vs)[:, None].expand(len(vs), block, y.shape[1]).reshape(y.shape)
+    return Loss(y, direction, rows, shape, suspect)
 
 
-def _check_time_axis(y: torch.Tensor, options: ProbeOptions) -> None:
-    """Refuse an output whose time axis, in the input's layout, is not the one that holds the timesteps, where
-    another axis does: a (batch, vocab, seq) output for cross-entropy, a channels-first model's (batch, seq, classes).
-    Read in the input's layout, the loss would sit on the last feature of every step."""
-    axis = options.window.seq_axis(y)
-    if y.shape[axis] == options.run_len:
-        return
-    batch_axis = options.window.batch_axis
-    others = [a for a in range(y.dim()) if a not in (axis, batch_axis) and y.shape[a] == options.run_len]
-    if others:
-        raise ModelInterfaceError(
-            f"the model's output has shape {tuple(y.shape)}: in the input's {options.layout_name} its time axis "
-            f"would be axis {axis} ({y.shape[axis]} long), but axis {others[0]} holds the {options.run_len} "
-            f"timesteps: the output is in another layout than the input. Pass loss_fn= to put the loss on its last "
-            f"step, e.g. loss_fn=lambda y: y.select({others[0]}, -1).sum()"
-        )
+def _suspect_axis(y: torch.Tensor, options: ProbeOptions, batch: int) -> int | None:
+    """An axis of the output as long as the sequence that the input's layout does not read as time, where the one it
+    reads is not that long: a (batch, seq) output's columns, a (batch, vocab, seq) or, from a channels-first input,
+    (batch, seq, classes) output's. None where there is none."""
+    if y.dim() == 2:
+        return 1 if y.shape[0] == batch and y.shape[1] == options.run_len else None
+    if y.dim() < 3 or y.shape[options.window.seq_axis(y)] == options.run_len:
+        return None
+    excluded = (options.window.seq_axis(y), options.window.batch_axis)
+    return next((a for a in range(y.dim()) if a not in excluded and y.shape[a] == options.run_len), None)
 
 
-def check_columns(loss: Loss, model: Any, x: torch.Tensor, options: ProbeOptions) -> None:
-    """For a (batch, seq_len) output: run the model on one step less (no gradient) and refuse the loss, which took the
-    columns as features, where they are one value per step (they shrink with the sequence) or where that cannot be
-    told (the model refuses the shorter sequence)."""
-    if not loss.columns:
+def check_time_axis(loss: Loss, model: Any, x: torch.Tensor, options: ProbeOptions) -> None:
+    """Where the output has an axis as long as the sequence that the input's layout does not read as time: run the
+    model on one step less (no gradient) and refuse the loss where that axis is one shorter and the one read as time
+    is not: the timesteps are there, and the loss sat on the last feature of every step (or, for a (batch, seq)
+    output, on every step). Where the shorter run fails or tells nothing, the output is read as the layout says."""
+    if loss.suspect is None:
         return
     shorter = x.detach().narrow(options.window.seq_axis(x), 0, options.run_len - 1)
     try:
         with torch.no_grad():
             y = _first_tensor(run_forward(model, shorter, options))
     except GradHealthError:
-        y = None
-    if isinstance(y, torch.Tensor) and y.dim() == 2 and y.shape[1] == options.run_len:
-        return  # features: as many as the steps by chance
-    if isinstance(y, torch.Tensor) and y.dim() == 2 and y.shape[1] == options.run_len - 1:
-        why = "one value per step: on one step less the model returns one column less"
-    else:
-        why = "perhaps one value per step: on one step less the model did not run or returned another shape"
+        return
+    if not isinstance(y, torch.Tensor) or y.dim() != len(loss.shape):
+        return
+    shrank = {a for a in range(y.dim()) if y.shape[a] == loss.shape[a] - 1}
+    read_as_time = options.window.seq_axis(y) if y.dim() >= 3 else None
+    if loss.suspect not in shrank or read_as_time in shrank:
+        return
+    if read_as_time is None:
+        raise ModelInterfaceError(
+            f"the model's output has shape {loss.shape}: as many columns as the {options.run_len} timesteps, and one "
+            "value per step (on one step less the model returns one column less), where the default loss would take "
+            "them as features; pass loss_fn= to put the loss on the last step, e.g. loss_fn=lambda y: y[:, -1].sum()"
+        )
     raise ModelInterfaceError(
-        f"the model's output has shape {tuple(loss.output.shape)}: as many columns as the {options.run_len} "
-        f"timesteps, {why}, where the default loss would take them as features; pass loss_fn= to put the loss on "
-        "the last step, e.g. loss_fn=lambda y: y[:, -1].sum()"
+        f"the model's output has shape {loss.shape}: in the input's {options.layout_name} its time axis would be "
+        f"axis {read_as_time}, but axis {loss.suspect} holds the {options.run_len} timesteps (on one step less it is "
+        "one shorter): the output is in another layout than the input. Pass loss_fn= to put the loss on its last "
+        f"step, e.g. loss_fn=lambda y: y.select({loss.suspect}, -1).sum()"
     )
 
 
-def check_flattened_order(loss: Loss, last_step: np.ndarray, options: ProbeOptions) -> None:
-    """After the backward pass of a loss on a flattened output: refuse it where some samples got no gradient at
-    their last step and others did, the sign that the rows were flattened in another order than the input's layout
-    (the loss then sits on a few samples' steps, not on every sample's last one). `last_step`: per-sample norms."""
-    if loss.flattened and (last_step == 0).any() and (last_step > 0).any():
+def in_the_other_order(loss: Loss, options: ProbeOptions, batch: int) -> Loss | None:
+    """For a loss on a flattened output: the same loss on the rows read in the other order (time-major for a
+    batch-first input, batch-major for a time-major one). None for other losses, and for a padded batch (whose last
+    steps are each sample's own)."""
+    if loss.rows is None or options.lengths is not None:
+        return None
+    if options.layout == TIME_BATCH_FEATURE:
+        return Loss(loss.rows.reshape(batch, options.run_len, -1)[:, -1], loss.direction)
+    return Loss(loss.rows.reshape(options.run_len, batch, -1)[-1], loss.direction)
+
+
+def refuse_the_other_order(reached: np.ndarray, reached_otherwise: np.ndarray, options: ProbeOptions) -> None:
+    """Refuse a flattened output whose rows, read in the other order, reach more samples' last steps (`reached`:
+    per sample, whether its last step got gradient)."""
+    if reached_otherwise.sum() > reached.sum():
         order = "batch-major (batch * seq)" if options.layout == TIME_BATCH_FEATURE else "time-major (seq * batch)"
         raise ModelInterfaceError(
             f"the model's output is flattened to (seq * batch, ...) rows, read in the input's {options.layout_name}, "
-            f"and samples {np.flatnonzero(last_step == 0).tolist()} got no gradient at their last step: its rows are "
-            f"likely {order}. Pass loss_fn= to put the loss on each sample's last step"
+            f"and samples {np.flatnonzero(~reached).tolist()} got no gradient at their last step; read {order}, "
+            f"{int(reached_otherwise.sum())} of {reached.size} do: its rows are {order}. Pass loss_fn= to put the "
+            "loss on each sample's last step"
         )

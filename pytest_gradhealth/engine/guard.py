@@ -50,7 +50,12 @@ def guarded(model: Any, mode: str, device: torch.device, seed: int) -> Iterator[
     # Listed afresh at every pass (not from the probe's walk): a forward may have registered a module the pass before.
     modules = list(model.modules()) if isinstance(model, nn.Module) else []
     flags = [m.training for m in modules]
-    tables = [(t, t.copy() if t else None) for d in map(vars, modules) for t in (d, *(d.get(n) for n in _TABLES))]
+    tables = [  # a scripted module's tables are torch.jit's own wrappers, which hold no Python state to restore
+        (t, t.copy() if t else None)
+        for d in map(vars, modules)
+        for t in (d, *(d.get(n) for n in _TABLES))
+        if isinstance(t, (dict, set))
+    ]
     # The tensors' values (model.parameters() and buffers, each once however many modules share it)
     own = {id(t): t for m in modules for t in itertools.chain(m._parameters.values(), m._buffers.values())}
     tensors = [_saved(t) for t in own.values() if t is not None]

@@ -7,6 +7,7 @@ every rule (what is compared, when a baseline may be written) lives here once.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,7 +102,7 @@ class Pipeline:
         options, targets = self.options, []
         if options.compare_path and options.baseline is None:  # missing, and create-missing was given
             targets.append((options.compare_path, "baseline did not exist, written from this run to", False))
-        if options.save_path:
+        if options.save_path and not (targets and _same_path(options.save_path, targets[0][0])):  # written once
             targets.append((options.save_path, "baseline saved to", options.overwrite))
         return targets
 
@@ -206,3 +207,8 @@ class Pipeline:
 def _listed(items: Sequence[str]) -> str:
     """The items after a colon, five at most (": a, b, ..."); empty for none."""
     return f": {', '.join(items[:5])}{', ...' if len(items) > 5 else ''}" if items else ""
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    """Whether two paths name one file, which may not exist yet."""
+    return os.path.realpath(a) == os.path.realpath(b)
