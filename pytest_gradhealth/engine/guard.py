@@ -50,12 +50,11 @@ def guarded(model: Any, mode: str, device: torch.device, seed: int) -> Iterator[
     # Listed afresh at every pass (not from the probe's walk): a forward may have registered a module the pass before.
     modules = list(model.modules()) if isinstance(model, nn.Module) else []
     flags = [m.training for m in modules]
-    tables = [  # a scripted module's tables are torch.jit's own wrappers, which hold no Python state to restore
-        (t, t.copy() if t else None)
-        for d in map(vars, modules)
-        for t in (d, *(d.get(n) for n in _TABLES))
-        if isinstance(t, (dict, set))
-    ]
+    # Each module's attributes and tables; a scripted module's tables are torch.jit's own wrappers, with no Python
+    # state to restore. Empty ones are only emptied again after (most hook tables: nothing to copy).
+    tables = [t for d in map(vars, modules) for t in (d, *map(d.get, _TABLES)) if isinstance(t, (dict, set))]
+    copies = [(t, t.copy()) for t in tables if t]
+    empty = [t for t in tables if not t]
     # The tensors' values (model.parameters() and buffers, each once however many modules share it)
     own = {id(t): t for m in modules for t in itertools.chain(m._parameters.values(), m._buffers.values())}
     tensors = [_saved(t) for t in own.values() if t is not None]
@@ -94,11 +93,10 @@ def guarded(model: Any, mode: str, device: torch.device, seed: int) -> Iterator[
         torch.default_generator.set_state(rng[0])
         for index, state in zip(cuda_devices, rng[1:], strict=False):
             torch.cuda.set_rng_state(state, index)
-        for table, saved in tables:  # each module's attributes first (the train flag among them), then its tables
-            if saved is None:  # empty before
-                if table:
-                    table.clear()
-            elif _changed(table, saved):
+        for table in filter(None, empty):
+            table.clear()
+        for table, saved in copies:  # each module's attributes first (the train flag among them), then its tables
+            if _changed(table, saved):
                 table.clear()
                 table.update(saved)
         for saved in tensors:
