@@ -125,3 +125,23 @@ def test_tokens_are_drawn_from_the_table_that_looks_them_up(vocab, max_len):
     np.testing.assert_array_equal(profile.norms, probe(model, 12, vocab_size=vocab).norms)  # as if it were given
     together = probe(model, 12, seeds=2)  # seed by seed: the batched pass would draw before finding the table
     np.testing.assert_array_equal(together.seed_profiles[1].norms, probe(model, 12, seed=1).norms)
+
+
+class RecurrentFirst(nn.Module):
+    """The recurrent layer registered first, then the position table, then the token table."""
+
+    def __init__(self, vocab: int, max_len: int) -> None:
+        super().__init__()
+        self.rnn = nn.GRU(8, 8, batch_first=True)
+        self.positions = nn.Embedding(max_len, 8)
+        self.tokens = nn.Embedding(vocab, 8)
+
+    def forward(self, idx):
+        return self.rnn(self.tokens(idx) + self.positions(torch.arange(idx.shape[1])))[0]
+
+
+@pytest.mark.parametrize(("vocab", "max_len"), [(50, 32), (20, 128)])
+def test_tokens_found_after_float_inputs_failed_are_drawn_from_the_table_that_looks_them_up(vocab, max_len):
+    torch.manual_seed(0)
+    model = RecurrentFirst(vocab, max_len).eval()
+    np.testing.assert_array_equal(probe(model, 12).norms, probe(model, 12, vocab_size=vocab).norms)

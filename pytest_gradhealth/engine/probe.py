@@ -150,6 +150,7 @@ class ModelFacts:
     model_dtype: torch.dtype
     model_device: torch.device
     vocab_size: int | None  # token inputs are drawn when set
+    vocab_inferred: bool  # vocab_size was read from the model, not given: the pass checks it against the lookups
     input_size: int | None  # float inputs of this many features are drawn when set
     # input_size was read from a module inside the model, not given: which module the input reaches is a guess
     inferred: bool
@@ -181,6 +182,7 @@ def model_facts(model: Any, options: ProbeOptions) -> ModelFacts:
         model_dtype=model_dtype,
         model_device=model_device,
         vocab_size=vocab_size,
+        vocab_inferred=vocab_size is not None and options.vocab_size is None,
         input_size=input_size,
         inferred=input_size is not None and options.input_size is None and (first is None or first[0] is not model),
         hidden_size=kinds.hidden_size_of(model),
@@ -214,12 +216,12 @@ def _measure_profile(model: nn.Module | Callable[..., Any], options: ProbeOption
         # The model looks its input up in an embedding that is not the first module it registers: probe it with
         # tokens of that embedding's vocabulary.
         options = replace(options, vocab_size=kinds.kind_of(embedding).vocab_size(embedding))  # type: ignore[union-attr]
-        facts = model_facts(model, options)
-        profile = _measure(model, options, facts)
+        try:  # the size is read from the model all the same: checked against the lookups
+            profile = _measure(model, options, replace(model_facts(model, options), vocab_inferred=True))
+        except _VocabularyFound as found:
+            options, profile = _redrawn(model, options, found)
     except _VocabularyFound as found:
-        # The tokens' lookup is not the embedding registered first (positions, say): draw from its vocabulary.
-        options = replace(options, vocab_size=found.vocab_size)
-        profile = _measure(model, options, model_facts(model, options))
+        options, profile = _redrawn(model, options, found)
     except _InputSizeFound as found:
         # The first module the input reaches is not the one registered first: its input size is the one to draw.
         options = replace(options, input_size=found.input_size)
@@ -418,6 +420,12 @@ class _InputSizeFound(Exception):
         self.input_size = input_size
 
 
+def _redrawn(model: Any, options: ProbeOptions, found: _VocabularyFound) -> tuple[ProbeOptions, GradientProfile]:
+    """The tokens' lookup is not the embedding the vocabulary was read from (positions, say): draw from its size."""
+    options = replace(options, vocab_size=found.vocab_size)
+    return options, _measure(model, options, model_facts(model, options))
+
+
 class _VocabularyFound(Exception):
     """The probe's tokens were looked up in a table of another size than the vocabulary they were drawn from."""
 
@@ -432,7 +440,7 @@ def _raise_if_another_vocabulary(
     """Where the vocabulary was read from the model (not given), and the tables that looked the tokens up have
     another number of rows (the fewest of them: every token must be valid in each), draw again from that."""
     drawn = options.inputs is None and options.input_fn is None
-    if options.vocab_size is not None or not drawn or not isinstance(tap, EmbeddingTap) or tap.vocab_size is None:
+    if not facts.vocab_inferred or not drawn or not isinstance(tap, EmbeddingTap) or tap.vocab_size is None:
         return
     if tap.vocab_size != facts.vocab_size:
         raise _VocabularyFound(tap.vocab_size) from exc
