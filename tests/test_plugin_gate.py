@@ -328,7 +328,7 @@ def mutate(data: dict, where: list, value) -> dict:
         (["probes", 0, "profile", "norms"], [], "probes[0].profile.norms: expected a list of 12 items"),
         (["probes", 0, "profile", "sample_norms"], [[1.0]], "probes[0].profile.sample_norms[0]: expected a list of"),
         (["probes", 0, "profile", "steps"], [], "probes[0].profile.steps: expected a list of at least 1"),
-        (["probes", 0, "check"], {"assertion": 3}, "probes[0].check: expected an object with assertion, verdict"),
+        (["probes", 0, "check"], {"assertion": 3}, "probes[0].check: expected an object with verdict; missing verdict"),
         (["probes", 0, "test"], [[[[[]]]]], "probes[0].test: expected a string"),
     ],
 )
@@ -487,3 +487,32 @@ def test_create_missing_and_save_to_the_same_missing_file_write_it_once(suite):
     assert result.ret == 0, result.stdout.str()
     result.stdout.fnmatch_lines(["gradhealth: baseline did not exist, written from this run to *base.json"])
     assert "could not write" not in result.stdout.str()
+
+
+def test_a_baseline_holding_a_disconnected_probe_reads_back(suite, xdist):
+    """A test that expects DisconnectedGradientError records the probe with its verdict only (no assertion)."""
+    suite.makepyfile(
+        test_detached="""
+import pytest
+from torch import nn
+from pytest_gradhealth.errors import DisconnectedGradientError
+
+
+class Detached(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.RNN(3, 6, batch_first=True)
+
+    def forward(self, x):
+        return self.rnn(x)[0].detach() + 0 * self.rnn.weight_hh_l0.sum()
+
+
+def test_detached(gradhealth):
+    with pytest.raises(DisconnectedGradientError):
+        gradhealth.probe(Detached(), name="detached")
+"""
+    )
+    saved(suite)
+    result = run(suite, *xdist, *GATE)
+    assert result.ret == 0, result.stdout.str() + result.stderr.str()
+    result.stdout.fnmatch_lines(["gradhealth baseline *base.json: 3 ok"])

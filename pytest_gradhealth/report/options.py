@@ -188,7 +188,8 @@ class ReportOptions:
         from pytest_gradhealth.report.text import printable
 
         for rule in self.fail_rules:
-            unjudged = [(r.key, why) for r in records if (why := rule.cannot_judge(r.profile))]
+            judged = [r for r in records if r.verdict != "disconnected"]  # no figures: nothing for a rule to judge
+            unjudged = [(r.key, why) for r in judged if (why := rule.cannot_judge(r.profile))]
             if unjudged:
                 key, why = unjudged[0]
                 raise InvalidArgumentError(

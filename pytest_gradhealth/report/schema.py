@@ -73,8 +73,8 @@ def mapping(values: Validator, optional: bool = False) -> Validator:
             return
         if not isinstance(value, Mapping):
             _fail(where, "an object" + (" or null" if optional else ""), value)
-        for k, v in value.items():
-            values(v, f"{where}.{k}")
+        for k, v in value.items():  # a key with control characters is shown escaped: errors are one line
+            values(v, f"{where}.{k}" if str(k).isprintable() else f"{where}[{str(k)!r}]")
 
     return check
 
@@ -162,7 +162,8 @@ def record(value: Any, where: str) -> None:
         where,
     )
     if value.get("check") is not None:
-        fields(CHECK, ("assertion", "verdict", "thresholds"), value["check"], f"{where}.check")
+        # an assertion's check has its name and thresholds; a probe that raised (disconnected) records its verdict
+        fields(CHECK, ("verdict",), value["check"], f"{where}.check")
     profile(value["profile"], f"{where}.profile")
 
 
