@@ -67,7 +67,6 @@ def test_the_comparison_names_the_rule_a_regression_broke():
     assert [(row.status, row.reason) for row in rows] == [("regressed", "significant")]
 
 
-@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the NaN model's norms
 def test_a_gradient_that_turns_non_finite_is_a_significant_regression():
     significant = SignificantRule()
     baseline, broken = seeded(lstm_factory(2.0)), seeded(lstm_factory(math.nan))

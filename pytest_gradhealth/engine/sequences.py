@@ -190,5 +190,6 @@ def batch_rms(norms: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndarray, 
     largest = reached.max(axis=0)
     scalable = np.isfinite(largest) & (largest > 0)  # else the RMS is the largest: 0, inf or NaN
     scale = np.where(scalable, largest, 1.0)
-    rms = scale * np.sqrt(((reached / scale) ** 2).sum(axis=0) / valid.sum(axis=0))
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):  # only in columns replaced by `largest`
+        rms = scale * np.sqrt(((reached / scale) ** 2).sum(axis=0) / valid.sum(axis=0))
     return np.where(scalable, rms, largest), np.where(valid, norms, np.nan)
