@@ -61,7 +61,7 @@ def guarded(model: Any, mode: str, device: torch.device, seed: int) -> Iterator[
     cudnn_off = device.type == "cuda" and mode == "eval"  # cuDNN's RNN backward refuses to run in eval mode
     # The global generators' states (what torch.random.fork_rng saves, without its per-call checks), and the grad mode,
     # which a forward may switch globally (torch.set_grad_enabled as a function).
-    rng = [torch.default_generator.get_state()] + [torch.cuda.get_rng_state(index) for index in cuda_devices]
+    rng = _global_states(cuda_devices)
     grad_enabled = torch.is_grad_enabled()
     watch = _WATCH.get()
     try:

@@ -420,18 +420,18 @@ class _InputSizeFound(Exception):
         self.input_size = input_size
 
 
-def _redrawn(model: Any, options: ProbeOptions, found: _VocabularyFound) -> tuple[ProbeOptions, GradientProfile]:
-    """The tokens' lookup is not the embedding the vocabulary was read from (positions, say): draw from its size."""
-    options = replace(options, vocab_size=found.vocab_size)
-    return options, _measure(model, options, model_facts(model, options))
-
-
 class _VocabularyFound(Exception):
     """The probe's tokens were looked up in a table of another size than the vocabulary they were drawn from."""
 
     def __init__(self, vocab_size: int) -> None:
         super().__init__(vocab_size)
         self.vocab_size = vocab_size
+
+
+def _redrawn(model: Any, options: ProbeOptions, found: _VocabularyFound) -> tuple[ProbeOptions, GradientProfile]:
+    """The tokens' lookup is not the embedding the vocabulary was read from (positions, say): draw from its size."""
+    options = replace(options, vocab_size=found.vocab_size)
+    return options, _measure(model, options, model_facts(model, options))
 
 
 def _raise_if_another_vocabulary(

@@ -87,7 +87,8 @@ class EmbeddingTap:
         if len(captured) == 1 and captured[0].dim() >= 3 and captured[0].shape[window.time_axis] == window.seq_len:
             return captured
         if len(captured) == window.seq_len and all(c.shape[0] == self.batch for c in captured):
-            if None not in self.steps and sorted(self.steps) == list(range(window.seq_len)):  # type: ignore[type-var]  # each step's own view: in time order, not call order
+            # each lookup one step's own view of the tokens: in time order, whatever order the model read them in
+            if None not in self.steps and sorted(self.steps) == list(range(window.seq_len)):  # type: ignore[type-var]
                 return [c for _, c in sorted(zip(self.steps, captured, strict=True), key=lambda pair: pair[0])]
             return captured
         shapes = [tuple(c.shape) for c in captured]
